@@ -1,0 +1,1 @@
+"""Datasets (synthetic, VOC, COCO, YOLO-seg, folder), image loading, label files, pair sampling."""

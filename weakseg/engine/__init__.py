@@ -1,0 +1,1 @@
+"""Engine: devices, checkpoints, atomic artefacts, the training loop and distribution."""

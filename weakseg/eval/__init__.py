@@ -1,0 +1,1 @@
+"""Evaluation: confusion-matrix mIoU, precision/recall, tables and JSON."""

@@ -1,0 +1,127 @@
+"""Confusion-matrix segmentation metrics over a whole split.
+
+One ``[C, C]`` confusion matrix accumulated with ``np.bincount`` (rows = ground truth, columns =
+prediction), pixels whose ground truth is 255 ignored. IoU_c = TP / (TP + FP + FN); classes that
+appear neither in the ground truth nor in the prediction are excluded from the mean (NaN IoU), as
+in the PASCAL VOC evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IGNORE = 255
+
+
+def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``int64 [C, C]`` confusion of one image; pixels with ``gt == 255`` are skipped.
+
+    Predictions outside ``[0, C)`` (e.g. 255 = "unsure") count as wrong for their gt class but add
+    no false positive to any class.
+    """
+    if gt.shape != pred.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+    gt = gt.astype(np.int64).ravel()
+    pred = pred.astype(np.int64).ravel()
+    keep = gt != IGNORE
+    gt, pred = gt[keep], pred[keep]
+    if gt.size and gt.max() >= num_classes:
+        raise ValueError(f"ground truth has value {gt.max()} ≥ number of classes {num_classes}")
+    valid = (pred >= 0) & (pred < num_classes)
+    cm = np.bincount(num_classes * gt[valid] + pred[valid], minlength=num_classes**2)
+    cm = cm.reshape(num_classes, num_classes)
+    if not valid.all():
+        # an out-of-range prediction is a miss for its gt class: keep it in the gt row total
+        misses = np.bincount(gt[~valid], minlength=num_classes)
+        cm = np.concatenate([cm, misses[:, None]], axis=1)
+        return cm
+    return np.concatenate([cm, np.zeros((num_classes, 1), np.int64)], axis=1)
+
+
+@dataclass
+class SegMetrics:
+    """Per-class and mean IoU / precision / recall and pixel accuracy, with class names."""
+
+    class_names: tuple[str, ...]
+    iou: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    pixel_accuracy: float
+    miou: float = field(init=False)
+    mean_precision: float = field(init=False)
+    mean_recall: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.miou = _nanmean(self.iou)
+        self.mean_precision = _nanmean(self.precision)
+        self.mean_recall = _nanmean(self.recall)
+
+    def to_dict(self) -> dict:
+        def clean(x: float) -> float | None:
+            return None if math.isnan(x) else round(float(x), 6)
+
+        return {
+            "miou": clean(self.miou),
+            "pixel_accuracy": clean(self.pixel_accuracy),
+            "mean_precision": clean(self.mean_precision),
+            "mean_recall": clean(self.mean_recall),
+            "per_class": {
+                n: {"iou": clean(i), "precision": clean(p), "recall": clean(r)}
+                for n, i, p, r in zip(self.class_names, self.iou, self.precision, self.recall, strict=True)
+            },
+        }
+
+    def table(self) -> str:
+        w = max(12, max(len(n) for n in self.class_names) + 2)
+        lines = [f"{'class':<{w}}{'IoU':>8}{'prec':>8}{'recall':>8}"]
+        for n, i, p, r in zip(self.class_names, self.iou, self.precision, self.recall, strict=True):
+            lines.append(f"{n:<{w}}{_pct(i):>8}{_pct(p):>8}{_pct(r):>8}")
+        lines.append(f"{'mean':<{w}}{_pct(self.miou):>8}{_pct(self.mean_precision):>8}{_pct(self.mean_recall):>8}")
+        lines.append(f"pixel accuracy {_pct(self.pixel_accuracy)}")
+        return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+class ConfusionMatrix:
+    """Accumulates a confusion matrix image by image; ``metrics()`` turns it into :class:`SegMetrics`."""
+
+    def __init__(self, class_names: Sequence[str]):
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        # last column: predictions outside the class range (misses that are nobody's false positive)
+        self.matrix = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)
+
+    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        self.matrix += confusion(gt, pred, self.num_classes)
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        self.matrix += other.matrix
+
+    def metrics(self) -> SegMetrics:
+        cm = self.matrix.astype(np.float64)
+        tp = np.diag(cm[:, : self.num_classes])
+        gt_total = cm.sum(axis=1)
+        pred_total = cm[:, : self.num_classes].sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = tp / (gt_total + pred_total - tp)
+            precision = tp / pred_total
+            recall = tp / gt_total
+            acc = tp.sum() / cm.sum() if cm.sum() > 0 else float("nan")
+        return SegMetrics(self.class_names, iou, precision, recall, float(acc))
+
+
+def segmentation_class_names(foreground: Sequence[str]) -> tuple[str, ...]:
+    """Class names of a segmentation label space: background first, then the foreground classes."""
+    return ("background", *foreground)
