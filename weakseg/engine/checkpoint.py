@@ -34,6 +34,13 @@ def load_model(path: str | Path, model: torch.nn.Module, strict: bool = True) ->
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; train the model first or give the right path")
     state = load_file(str(path))
+    own = _unwrap(model).state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ConfigError(
+            f"checkpoint {path} does not match the model: shapes differ for {wrong[:5]}; "
+            "was it trained with another backbone or class count?"
+        )
     missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise ConfigError(

@@ -67,7 +67,9 @@ def evaluate_folders(cfg: EvalConfig) -> SegMetrics:
         gt = read_mask(g)
         if not p.is_file():
             if not cfg.allow_missing:
-                raise DataError(f"prediction {p} is missing for ground truth {g}; pass --allow-missing to count it wrong")
+                raise DataError(
+                    f"prediction {p} is missing for ground truth {g}; pass --allow-missing to count it as wrong"
+                )
             pred = np.full_like(gt, 255)
         else:
             pred = read_mask(p)

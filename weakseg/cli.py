@@ -1,0 +1,229 @@
+"""Command line: ``weakseg <command> [options]``. Thin: parse a stage config, call one function.
+
+Every command's options are generated (by tyro) from the frozen dataclass config of its stage;
+``weakseg <command> --help`` lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from weakseg.errors import WeaksegError
+
+log = logging.getLogger("weakseg")
+
+
+@dataclass(frozen=True)
+class BuildLabelsConfig:
+    """Write cls_labels.csv (image-level labels) from the segmentation masks of a VOC-layout dataset."""
+
+    root: Path
+    splits: tuple[str, ...] = ("train", "val")
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Validate a dataset and list every problem (file, problem, fix) in one pass."""
+
+    root: Path
+    fmt: str = "auto"
+    split: str | None = None
+    """check only this split (default: every split found)"""
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Fetch and verify PASCAL VOC 2012 (+SBD) or COCO-2014, or explain how to place the archives by hand."""
+
+    name: str
+    """voc or coco"""
+    dest: Path = Path("data")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The main job: the whole pipeline on the synthetic benchmark with a CPU preset (minutes on 2 cores)."""
+
+    out: Path = Path("runs/demo")
+    synth_preset: str = "small"
+    method: str = "mcis"
+    full_baseline: bool = True
+    """also train a segmenter on the true masks (the fully supervised upper bound) for comparison"""
+    seed: int = 0
+    device: str = "auto"
+
+
+def _data_commands() -> dict[str, tuple[type, Callable]]:
+    from weakseg.data.synthetic import SynthConfig
+
+    return {
+        "synth": (SynthConfig, _synth),
+        "build-labels": (BuildLabelsConfig, _build_labels),
+        "check": (CheckConfig, _check),
+        "download": (DownloadConfig, _download),
+    }
+
+
+def _commands() -> dict[str, tuple[type, Callable]]:
+    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
+    from weakseg.cams.make import MakeCamsConfig, make_cams
+    from weakseg.eval.folders import EvalConfig
+    from weakseg.methods.train import TrainClsConfig, train_cls
+    from weakseg.pipeline import RunConfig
+    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.seg.predict import EvalSegConfig, PredictConfig, eval_seg, predict_images
+    from weakseg.seg.train import TrainSegConfig, train_seg
+    from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
+
+    return {
+        "train-cls": (TrainClsConfig, train_cls),
+        "make-cams": (MakeCamsConfig, make_cams),
+        "eval-cams": (EvalCamsConfig, _print_result(eval_cams)),
+        "viz": (VizConfig, render_cam_grid_cmd),
+        "pseudo": (PseudoConfig, _print_result(make_pseudo)),
+        "train-seg": (TrainSegConfig, train_seg),
+        "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
+        "predict": (PredictConfig, predict_images),
+        "eval": (EvalConfig, _eval),
+        "run": (RunConfig, _run),
+        "demo": (DemoConfig, _demo),
+    }
+
+
+def _print_result(fn: Callable) -> Callable:
+    def wrapped(cfg):
+        result = fn(cfg)
+        if isinstance(result, dict):
+            table = result.get("table")
+            if table:
+                print(table)
+            for key in ("best_threshold", "best_miou", "miou"):
+                if key in result:
+                    print(f"{key}: {result[key]}")
+        return result
+
+    return wrapped
+
+
+def _synth(cfg) -> None:
+    from weakseg.data.synthetic import generate
+
+    t0 = time.perf_counter()
+    root = generate(cfg)
+    print(f"synthetic benchmark written to {root} in {time.perf_counter() - t0:.1f} s; samples: {root / 'samples.png'}")
+
+
+def _build_labels(cfg: BuildLabelsConfig) -> None:
+    from weakseg.data.voc import build_labels
+
+    print(f"wrote {build_labels(cfg.root, cfg.splits)}")
+
+
+def _check(cfg: CheckConfig) -> None:
+    from weakseg.data.check import check_dataset, format_problems
+
+    problems = check_dataset(cfg.root, fmt=cfg.fmt, split=cfg.split)
+    print(format_problems(problems))
+    if any(p.severity == "error" for p in problems):
+        raise SystemExit(1)
+
+
+def _download(cfg: DownloadConfig) -> None:
+    from weakseg.data.download import download
+
+    download(cfg.name, cfg.dest)
+
+
+def _eval(cfg) -> None:
+    from weakseg.eval.folders import evaluate_folders
+
+    print(evaluate_folders(cfg).table())
+
+
+def _run(cfg) -> None:
+    from weakseg.pipeline import run
+
+    summary = run(cfg)
+    print(_summary_text(cfg.out, summary))
+
+
+def _demo(cfg: DemoConfig) -> None:
+    from weakseg.pipeline import RunConfig, run
+
+    t0 = time.perf_counter()
+    base = RunConfig(out=cfg.out, synth_preset=cfg.synth_preset, method=cfg.method, seed=cfg.seed, device=cfg.device)
+    summary = run(base)
+    print(_summary_text(cfg.out, summary))
+    if cfg.full_baseline:
+        full = dataclasses.replace(base, out=cfg.out / "full", data=cfg.out / "data", supervision="full")
+        fs = run(full)
+        ratio = summary["segmenter"]["miou"] / max(fs["segmenter"]["miou"], 1e-9)
+        print(
+            f"fully supervised segmenter mIoU {100 * fs['segmenter']['miou']:.2f} "
+            f"→ weakly supervised reaches {100 * ratio:.1f}% of it"
+        )
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {cfg.out / 'report.html'}")
+
+
+def _summary_text(out: Path, summary: dict) -> str:
+    lines = [f"run folder: {out}"]
+    for stage in ("seeds", "pseudo", "segmenter"):
+        if stage in summary and summary[stage].get("miou") is not None:
+            lines.append(f"  {stage:<10} mIoU {100 * summary[stage]['miou']:.2f}")
+    lines.append(f"  report: {Path(out) / 'report.html'}")
+    return "\n".join(lines)
+
+
+def _parse(commands: dict[str, tuple[type, Callable]], argv: list[str], prog: str):
+    import tyro
+
+    if argv and argv[0] == "run" and "--config" in argv:
+        # a JSON config supplies the defaults; options given on the command line override it
+        from weakseg.pipeline import RunConfig, load_run_config
+
+        path = Path(argv[argv.index("--config") + 1])
+        default = RunConfig(**load_run_config(path))
+        cfg = tyro.cli(RunConfig, args=argv[1:], default=default, prog=f"{prog} run")
+        return commands["run"][1], cfg
+    types = {name: typ for name, (typ, _) in commands.items()}
+    cfg = tyro.extras.subcommand_cli_from_dict(types, args=argv, prog=prog)
+    for typ, fn in commands.values():
+        if type(cfg) is typ:
+            return fn, cfg
+    raise AssertionError(f"no command for {cfg!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from weakseg.engine.logging import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        if argv and argv[0] == "data":
+            fn, cfg = _parse(_data_commands(), argv[1:], "weakseg data")
+        else:
+            commands = _commands()
+            # `weakseg --help` lists `data` too (its sub-commands: synth, build-labels, check, download)
+            if not argv or argv[0] in ("-h", "--help"):
+                _print_help(commands)
+                return
+            fn, cfg = _parse(commands, argv, "weakseg")
+        fn(cfg)
+    except WeaksegError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
+
+
+def _print_help(commands: dict[str, tuple[type, Callable]]) -> None:
+    print("usage: weakseg <command> [options]   (weakseg <command> --help for its options)\n\ncommands:")
+    rows = [("data", "Datasets: synth | build-labels | check | download (weakseg data --help).")]
+    for name, (typ, _) in commands.items():
+        rows.append((name, (typ.__doc__ or "").strip().splitlines()[0]))
+    for name, doc in rows:
+        print(f"  {name:<12} {doc}")

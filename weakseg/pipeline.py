@@ -1,0 +1,232 @@
+"""The whole WSSS pipeline as one re-runnable command (``weakseg run`` / ``weakseg demo``).
+
+Stages, each writing into its own folder of the run and skipped when its ``DONE`` marker exists:
+
+    data (synthetic, when no dataset is given) → cls (train classifier) → cams (make CAMs)
+    → eval/cams.json (seed mIoU, threshold sweep) → pseudo (pseudo labels) → seg (train segmenter)
+    → eval/seg.json (segmenter mIoU on the val split) → report.html
+
+An interrupted stage is resumed (training from its last epoch, CAMs and pseudo labels from the
+files already written); a complete one is skipped. With ``supervision="full"`` the classifier
+stages are skipped and the segmenter is trained on the ground-truth masks (the upper bound).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weakseg.engine.artifacts import is_done, load_json, mark_done, save_json
+from weakseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SUPERVISIONS = ("pseudo", "full")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run the whole pipeline: train-cls → make-cams → eval-cams → pseudo → train-seg → eval."""
+
+    out: Path = Path("runs/demo")
+    """run folder; every stage writes a sub-folder and a rerun skips complete stages"""
+    config: Path | None = None
+    """JSON file with any of these fields (command-line values given explicitly win)"""
+    data: Path | None = None
+    """dataset root; None = generate the synthetic benchmark into OUT/data"""
+    fmt: str = "auto"
+    synth_preset: str = "small"
+    """size preset of the synthetic benchmark when no dataset is given (tiny, small, default, large)"""
+    synth_seed: int = 0
+    train_split: str = "train"
+    val_split: str = "val"
+    supervision: str = "pseudo"
+    """pseudo: the weakly supervised pipeline; full: segmenter trained on true masks (upper bound)"""
+    method: str = "mcis"
+    backbone: str = "efficientnet-lite0"
+    weights: Path | None = None
+    cls_preset: str = "cpu"
+    cls_epochs: int | None = None
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    partners_per_class: int = 3
+    background: str = "power"
+    refiner: str = "par"
+    seg_arch: str = "deeplabv3plus"
+    seg_epochs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    report_images: int = 8
+    extra: tuple[str, ...] = field(default_factory=tuple)
+    """extra training data for the classifier, e.g. single:DIR or web:DIR (see train-cls)"""
+
+    def __post_init__(self) -> None:
+        if self.supervision not in SUPERVISIONS:
+            raise ConfigError(f"unknown supervision {self.supervision!r}; valid: {', '.join(SUPERVISIONS)}")
+
+
+def load_run_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown fields {unknown}; valid fields: {', '.join(sorted(names))}")
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    for k, v in list(values.items()):
+        if v is not None and "Path" in str(types[k]):
+            values[k] = Path(v)
+        if isinstance(v, list):
+            values[k] = tuple(v)
+    return values
+
+
+def _stage(name: str, folder: Path, timings: dict[str, float]):
+    """Context-free helper: log the stage and time it."""
+    log.info(
+        "[bold]stage %s[/bold] → %s%s",
+        name,
+        folder,
+        " (complete, skipped)" if is_done(folder) else "",
+        extra={"markup": True},
+    )
+    timings.setdefault(name, 0.0)
+    return time.perf_counter()
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run every stage of ``cfg`` in order; returns the summary written to ``OUT/summary.json``."""
+    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
+    from weakseg.cams.make import MakeCamsConfig, make_cams
+    from weakseg.methods.train import TrainClsConfig, train_cls
+    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.seg.predict import EvalSegConfig, eval_seg
+    from weakseg.seg.train import TrainSegConfig, train_seg
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "config.json", cfg)
+    timings: dict[str, float] = {}
+    summary: dict = {"supervision": cfg.supervision, "method": cfg.method}
+
+    def timed(name: str, folder: Path, fn, *args):
+        t0 = _stage(name, folder, timings)
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        return result
+
+    data = cfg.data
+    if data is None:
+        data = out / "data"
+        timed("data", data, _synthesize, data, cfg.synth_preset, cfg.synth_seed)
+
+    if cfg.supervision == "pseudo":
+        cls_cfg = TrainClsConfig(
+            data=data,
+            out=out / "cls",
+            method=cfg.method,
+            fmt=cfg.fmt,
+            split=cfg.train_split,
+            backbone=cfg.backbone,
+            weights=cfg.weights,
+            preset=cfg.cls_preset,
+            epochs=cfg.cls_epochs,
+            seed=cfg.seed,
+            device=cfg.device,
+            extra=cfg.extra,
+        )
+        timed("cls", cls_cfg.out, train_cls, cls_cfg)
+        cam_cfg = MakeCamsConfig(
+            cls_dir=cls_cfg.out,
+            data=data,
+            out=out / "cams",
+            fmt=cfg.fmt,
+            split=cfg.train_split,
+            scales=cfg.cam_scales,
+            partners_per_class=cfg.partners_per_class,
+            seed=cfg.seed,
+            device=cfg.device,
+        )
+        timed("cams", cam_cfg.out, make_cams, cam_cfg)
+        seeds = timed(
+            "eval-cams",
+            out / "eval",
+            eval_cams,
+            EvalCamsConfig(
+                cams=cam_cfg.out, data=data, fmt=cfg.fmt, split=cfg.train_split, out=out / "eval" / "cams.json"
+            ),
+        )
+        summary["seeds"] = {"miou": seeds["best_miou"], "threshold": seeds["best_threshold"]}
+        pseudo_cfg = PseudoConfig(
+            cams=cam_cfg.out,
+            data=data,
+            out=out / "pseudo",
+            fmt=cfg.fmt,
+            split=cfg.train_split,
+            background=cfg.background,
+            refiner=cfg.refiner,
+        )
+        pseudo = timed("pseudo", pseudo_cfg.out, make_pseudo, pseudo_cfg)
+        summary["pseudo"] = {"miou": pseudo.get("miou")}
+        labels: Path | None = pseudo_cfg.out
+    else:
+        labels = None
+
+    seg_kwargs = {} if cfg.seg_epochs is None else {"epochs": cfg.seg_epochs}
+    seg_cfg = TrainSegConfig(
+        data=data,
+        out=out / "seg",
+        labels=labels,
+        supervision=cfg.supervision,
+        fmt=cfg.fmt,
+        split=cfg.train_split,
+        arch=cfg.seg_arch,
+        seed=cfg.seed,
+        device=cfg.device,
+        **seg_kwargs,
+    )
+    timed("seg", seg_cfg.out, train_seg, seg_cfg)
+    seg_eval = timed(
+        "eval-seg",
+        out / "eval" / "seg",
+        eval_seg,
+        EvalSegConfig(
+            seg_dir=seg_cfg.out,
+            data=data,
+            out=out / "eval" / "seg",
+            fmt=cfg.fmt,
+            split=cfg.val_split,
+            device=cfg.device,
+        ),
+    )
+    summary["segmenter"] = {"miou": seg_eval["miou"], "split": cfg.val_split}
+    summary["timings_s"] = timings
+    save_json(out / "summary.json", summary)
+
+    from weakseg.viz.report import write_report
+
+    write_report(
+        out, data=data, fmt=cfg.fmt, train_split=cfg.train_split, val_split=cfg.val_split, n_images=cfg.report_images
+    )
+    return summary
+
+
+def _synthesize(folder: Path, preset: str, seed: int) -> Path:
+    if is_done(folder):
+        return folder
+    from weakseg.data.synthetic import SynthConfig, generate
+
+    generate(SynthConfig(out=folder, seed=seed, size=preset))
+    mark_done(folder, {"preset": preset, "seed": seed})
+    return folder
+
+
+def read_summary(out: Path) -> dict:
+    return load_json(Path(out) / "summary.json")

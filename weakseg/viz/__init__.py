@@ -1,0 +1,1 @@
+"""Visualisation: palettes, CAM overlays, the HTML run report."""
