@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny synthetic dataset (generated once per session) and the coco128-seg sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+COCO128 = Path(__file__).resolve().parents[2] / "shared/data/coco128-seg"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny synthetic VOC-layout dataset: 40 train / 16 val at 96 px, small extra sets."""
+    from weakseg.data.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    cfg = SynthConfig(out=out, size="tiny", n_train=40, n_val=16, n_single=8, n_web=8, min_side=96, max_side=96)
+    return generate(cfg)
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(synth_root: Path):
+    """The train split of ``synth_root`` (a VOCDataset)."""
+    from weakseg.data.voc import VOCDataset
+
+    return VOCDataset(synth_root, "train")
+
+
+@pytest.fixture(scope="session")
+def coco128_root() -> Path:
+    if not (COCO128 / "images").is_dir():
+        pytest.skip(f"{COCO128} not present")
+    return COCO128

@@ -1,0 +1,252 @@
+"""PASCAL VOC 2012 layout (and the SBD "aug" masks); also the layout of the synthetic benchmark.
+
+::
+
+    <root>/JPEGImages/<id>.jpg
+    <root>/SegmentationClass/<id>.png         palette PNGs (VOC 2012)
+    <root>/SegmentationClassAug/<id>.png      grayscale PNGs (SBD, 10,582 train_aug images)
+    <root>/ImageSets/Segmentation/<split>.txt train, val, trainval, train_aug: one id per line
+    <root>/classes.txt                        optional; else the 20 VOC names
+    <root>/cls_labels.csv                     optional image-level labels; else computed from masks
+
+Split ``train_aug`` takes its masks from ``SegmentationClassAug``; other splits from
+``SegmentationClass``, falling back to ``SegmentationClassAug`` for ids missing there. Split-file lines
+of the DeepLab form ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` are accepted too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from weakseg.data.check import Entry, Problem, Scan, raise_errors
+from weakseg.data.dataset import Record, SegDataset
+from weakseg.data.images import IMAGE_EXTENSIONS, display_path, load_mask
+from weakseg.data.labels import (
+    CLASSES_TXT,
+    CLS_LABELS,
+    bad_mask_values,
+    labels_from_mask,
+    read_classes,
+    scan_cls_labels,
+    write_cls_labels,
+)
+from weakseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+SPLIT_DIR = Path("ImageSets") / "Segmentation"
+
+
+def is_voc(root: Path) -> bool:
+    return (root / SPLIT_DIR).is_dir() or (root / "JPEGImages").is_dir()
+
+
+def available_splits(root: str | Path) -> list[str]:
+    """Split names that have a split file."""
+    d = Path(root) / SPLIT_DIR
+    return sorted(p.stem for p in d.glob("*.txt")) if d.is_dir() else []
+
+
+def class_names(root: Path) -> tuple[str, ...]:
+    return read_classes(root / CLASSES_TXT) if (root / CLASSES_TXT).is_file() else VOC_CLASSES
+
+
+def read_split_ids(split_file: Path) -> list[str]:
+    """Ids of a split file (first token of each line; a path token is reduced to its stem)."""
+    try:
+        text = split_file.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"split file not found: {display_path(split_file)}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{display_path(split_file)} is not UTF-8 text ({e}); re-save it as UTF-8") from None
+    ids = []
+    for line in text.splitlines():
+        tok = line.split()
+        if not tok:
+            continue
+        ids.append(Path(tok[0]).stem if ("/" in tok[0] or "." in tok[0]) else tok[0])
+    return ids
+
+
+def _find_image(root: Path, image_id: str) -> Path:
+    p = root / "JPEGImages" / f"{image_id}.jpg"
+    if p.exists():
+        return p
+    for ext in IMAGE_EXTENSIONS:
+        q = root / "JPEGImages" / f"{image_id}{ext}"
+        if q.exists():
+            return q
+    return p
+
+
+def _mask_dirs(root: Path, split: str) -> list[Path]:
+    dirs = ["SegmentationClassAug", "SegmentationClass"] if split == "train_aug" else ["SegmentationClass"]
+    if "SegmentationClassAug" not in dirs:
+        dirs.append("SegmentationClassAug")
+    return [root / d for d in dirs]
+
+
+def scan(root: str | Path, split: str) -> Scan:
+    """Index a VOC-layout split without decoding any image (problems collected, not raised)."""
+    root = Path(root)
+    split_file = root / SPLIT_DIR / f"{split}.txt"
+    if not split_file.is_file():
+        have = ", ".join(available_splits(root)) or "none"
+        raise DataError(
+            f"split file not found: {display_path(split_file)} (splits present: {have}); "
+            f"create it with one image id per line, or pick an existing split"
+        )
+    names = class_names(root)
+    ids = read_split_ids(split_file)
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    csv_labels: dict[str, tuple[int, ...]] = {}
+    csv_path = root / CLS_LABELS
+    if csv_path.is_file():
+        csv_labels, issues = scan_cls_labels(csv_path, names)
+        problems += [
+            Problem(display_path(csv_path), f"labels_{i.kind}", i.message, "fix the row in the label file")
+            for i in issues
+        ]
+    mask_dirs = [d for d in _mask_dirs(root, split) if d.is_dir()]
+    entries = []
+    for image_id in ids:
+        if image_id in seen:
+            problems.append(
+                Problem(
+                    display_path(split_file),
+                    "duplicate_id",
+                    f"{image_id!r} is listed twice in {display_path(split_file)}",
+                    "remove the repeated line",
+                    "warning",
+                )
+            )
+            continue
+        seen.add(image_id)
+        image = _find_image(root, image_id)
+        if not image.exists():
+            problems.append(
+                Problem(
+                    display_path(image),
+                    "missing_file",
+                    f"image {display_path(image)} (listed in {display_path(split_file)}) does not exist",
+                    f"add the image or remove {image_id!r} from the split file",
+                )
+            )
+            continue
+        mask = next((d / f"{image_id}.png" for d in mask_dirs if (d / f"{image_id}.png").is_file()), None)
+        labels = csv_labels.get(image_id)
+        if labels is None and mask is None:
+            problems.append(
+                Problem(
+                    display_path(image),
+                    "no_labels",
+                    f"image {image_id!r} has neither a row in {CLS_LABELS} nor a mask",
+                    f"add a row to {display_path(csv_path)} (empty labels = no object) or a mask PNG",
+                )
+            )
+            continue
+        entries.append(Entry(image_id, image, mask, labels, display_path(split_file)))
+    return Scan(names, entries, problems)
+
+
+class VOCDataset(SegDataset):
+    """A split of a VOC-layout dataset (VOC 2012, VOC + SBD aug, or the synthetic benchmark)."""
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        root = Path(root)
+        s = scan(root, split)
+        raise_errors(s.problems, f"{display_path(root)} (VOC layout, split {split!r})")
+        records = []
+        computed = 0
+        for e in s.entries:
+            labels = e.labels
+            if labels is None:
+                labels = _labels_of_mask(e.mask_path, len(s.class_names))  # type: ignore[arg-type]
+                computed += 1
+            records.append(Record(e.image_id, e.image_path, labels))
+        if computed > 200:
+            log.info(
+                "computed the labels of %d images from their masks; run `weakseg data build-labels %s` to cache them",
+                computed,
+                root,
+            )
+        super().__init__(root, split, s.class_names, records)
+        self._masks = [e.mask_path for e in s.entries]
+
+    @property
+    def has_masks(self) -> bool:
+        return any(m is not None for m in self._masks)
+
+    def load_mask(self, i: int) -> np.ndarray | None:
+        path = self._masks[i]
+        if path is None:
+            return None
+        mask = load_mask(path)
+        bad = bad_mask_values(mask, self.num_classes)
+        if bad:
+            raise DataError(
+                f"mask {display_path(path)} holds values {bad[:10]} outside 0..{self.num_classes} and 255; "
+                f"fix the mask or the class list ({self.num_classes} classes)"
+            )
+        return mask
+
+
+def _labels_of_mask(path: Path, num_classes: int) -> tuple[int, ...]:
+    try:
+        return labels_from_mask(load_mask(path), num_classes)
+    except ValueError as e:
+        raise DataError(f"mask {display_path(path)}: {e}; fix the mask or the class list") from None
+
+
+def build_labels(root: str | Path, splits: Iterable[str] | None = None) -> Path:
+    """Write ``<root>/cls_labels.csv`` from the masks of the given splits (default: every split)."""
+    root = Path(root)
+    names = class_names(root)
+    chosen = list(splits) if splits is not None else available_splits(root)
+    if not chosen:
+        raise DataError(f"no split files in {display_path(root / SPLIT_DIR)}; nothing to build labels for")
+    labels: dict[str, tuple[int, ...]] = {}
+    missing: list[str] = []
+    for split in chosen:
+        dirs = [d for d in _mask_dirs(root, split) if d.is_dir()]
+        for image_id in read_split_ids(root / SPLIT_DIR / f"{split}.txt"):
+            if image_id in labels:
+                continue
+            mask = next((d / f"{image_id}.png" for d in dirs if (d / f"{image_id}.png").is_file()), None)
+            if mask is None:
+                missing.append(image_id)
+                continue
+            labels[image_id] = _labels_of_mask(mask, len(names))
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) have no mask in SegmentationClass/SegmentationClassAug (e.g. "
+            f"{', '.join(missing[:5])}); build labels only for splits with masks, or add the masks"
+        )
+    return write_cls_labels(root / CLS_LABELS, labels, names)
