@@ -165,11 +165,18 @@ def test_config_validation_and_refusing_foreign_folders(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
-def test_regenerating_replaces_a_previous_dataset(tmp_path):
-    root = generate(SynthConfig(out=tmp_path / "d", size="tiny", n_train=20, n_val=4, n_single=0, n_web=0))
-    root = generate(SynthConfig(out=root, size="tiny", n_train=8, n_val=4, n_single=0, n_web=0))
+def test_regenerating_keeps_an_identical_dataset_and_replaces_another(tmp_path):
+    cfg = SynthConfig(out=tmp_path / "d", size="tiny", n_train=20, n_val=4, n_single=4, n_web=0)
+    root = generate(cfg)
+    stamp = (root / "JPEGImages" / "train_00000.jpg").stat().st_mtime_ns
+    assert generate(cfg) == root
+    assert (root / "JPEGImages" / "train_00000.jpg").stat().st_mtime_ns == stamp  # kept, not rewritten
+    generate(SynthConfig(out=root, size="tiny", n_train=8, n_val=4, n_single=0, n_web=0))
     assert len(list((root / "JPEGImages").iterdir())) == 12
     assert not (root / "extra_single").exists()
+    (root / "synth.json").unlink()  # as after an interrupted run: still recognised as ours
+    generate(SynthConfig(out=root, size="tiny", n_train=4, n_val=4, n_single=0, n_web=0))
+    assert len(list((root / "JPEGImages").iterdir())) == 8
 
 
 def test_sample_grid(synth_root, tmp_path):

@@ -8,6 +8,7 @@ image and mask to find the rest (corrupt files, odd modes, size mismatches, bad 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from weakseg.errors import DataError
+
+log = logging.getLogger(__name__)
 
 ERROR, WARNING = "error", "warning"
 
@@ -51,9 +54,22 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
 
 
-def raise_errors(problems: Sequence[Problem], what: str, limit: int = 10) -> None:
-    """Raise one DataError listing the error-severity problems (up to ``limit``), if there are any."""
+def raise_errors(problems: Sequence[Problem], what: str, limit: int = 10, n_entries: int | None = None) -> None:
+    """Raise one DataError listing the error-severity problems (up to ``limit``), if there are any.
+
+    Warnings are logged (one line). With ``n_entries == 0`` an empty split is an error too.
+    """
     errors = [p for p in problems if p.severity == ERROR]
+    warnings = [p for p in problems if p.severity != ERROR]
+    if warnings:
+        log.warning(
+            "%d warning(s) in %s, e.g. %s (run `weakseg data check` to list all)",
+            len(warnings),
+            what,
+            warnings[0].message,
+        )
+    if not errors and n_entries == 0:
+        raise DataError(f"{what} has no usable image; add images (and their split / label files)")
     if not errors:
         return
     lines = "\n".join(f"  - {p.message}\n    fix: {p.fix}" for p in errors[:limit])
@@ -213,7 +229,8 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None)
         except DataError as e:
             problems.append(Problem(display_path(root), "split", str(e), "fix the split or the layout"))
             continue
-        problems += [p for p in s.problems if p not in problems]
+        seen = set(problems)
+        problems += [p for p in s.problems if p not in seen]  # label-file problems repeat in every split
         names = s.class_names
         n_entries += len(s.entries)
         for e in s.entries:

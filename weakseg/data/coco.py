@@ -134,7 +134,7 @@ class COCODataset(SegDataset):
     def __init__(self, root: str | Path, split: str = "train"):
         root = Path(root)
         s = scan(root, split)
-        raise_errors(s.problems, f"{display_path(root)} (COCO, split {split!r})")
+        raise_errors(s.problems, f"{display_path(root)} (COCO, split {split!r})", n_entries=len(s.entries))
         super().__init__(root, split, s.class_names, [Record(e.image_id, e.image_path, e.labels) for e in s.entries])
         self._anns = [e.extra for e in s.entries]
 

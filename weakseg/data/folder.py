@@ -140,8 +140,9 @@ def scan(root: str | Path, split: str = "all") -> Scan:
                 Problem(
                     display_path(img),
                     "no_labels",
-                    f"image {img.name!r} has no row in {LABELS_CSV} and no mask",
+                    f"image {img.name!r} has no row in {LABELS_CSV} and no mask; it is left out",
                     f"add a row '{img.stem},<class names>' to {display_path(csv_path)} (empty = no object)",
+                    "warning",
                 )
             )
             continue
@@ -155,7 +156,7 @@ class FolderDataset(SegDataset):
     def __init__(self, root: str | Path, split: str = "all"):
         root = Path(root)
         s = scan(root, split)
-        raise_errors(s.problems, f"{display_path(root)} (folder format, split {split!r})")
+        raise_errors(s.problems, f"{display_path(root)} (folder format, split {split!r})", n_entries=len(s.entries))
         records = []
         for e in s.entries:
             labels = e.labels

@@ -75,7 +75,8 @@ def _open(path: Path) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise DataError(f"{name} is too large to decode safely ({e}); downscale it before use") from None
     except OSError as e:
-        raise DataError(f"cannot open {name}: {e}; {_REEXPORT}") from None
+        what = "truncated" if "truncat" in str(e).lower() else "corrupt"
+        raise DataError(f"{name} is {what} ({e}); {_REEXPORT}") from None
 
 
 def _decode(im: Image.Image, path: Path) -> Image.Image:
@@ -87,7 +88,7 @@ def _decode(im: Image.Image, path: Path) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise DataError(f"{display_path(path)} is too large to decode safely ({e}); downscale it") from None
     except (OSError, SyntaxError, ValueError) as e:
-        what = "truncated" if "truncated" in str(e).lower() else "corrupt"
+        what = "truncated" if "truncat" in str(e).lower() else "corrupt"
         raise DataError(f"{display_path(path)} is {what} ({e}); {_REEXPORT}") from None
     return im
 

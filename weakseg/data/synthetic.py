@@ -62,6 +62,7 @@ Presets (``size``): ``tiny`` (64 train / 24 val, 96-112 px, for tests), ``small`
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -112,18 +113,23 @@ class SynthConfig:
     out: Path
     """Folder to write the dataset into (created; an existing synthetic dataset there is replaced)."""
     seed: int = 0
+    """Random seed; the same seed gives byte-identical files."""
     size: str = "default"
     """Preset for the counts and image sides: tiny, small, default, large."""
     n_train: int | None = None
+    """Images in the train split (None = from the preset)."""
     n_val: int | None = None
+    """Images in the val split (None = from the preset)."""
     n_single: int | None = None
     """Images in ``extra_single`` (one object each); 0 skips the set."""
     n_web: int | None = None
     """Images in ``extra_web`` (noisy query labels); 0 skips the set."""
     min_side: int | None = None
+    """Smallest image side in pixels (None = from the preset)."""
     max_side: int | None = None
     """Image height and width are drawn independently from ``[min_side, max_side]`` pixels."""
     max_objects: int = 4
+    """Most objects per image (1..8; fewer are more likely)."""
     scale_min: float = 0.1
     """Smallest object radius as a fraction of the image's short side."""
     scale_ratio: float = 4.0
@@ -148,10 +154,15 @@ class SynthConfig:
     ignore_band: int = 1
     """Ignore (255) pixels on each side of every object boundary; 0 for none."""
     noise_std: float = 4.0
+    """Standard deviation of the per-pixel Gaussian noise (0..255 scale)."""
     jpeg_quality: int = 90
+    """JPEG quality of the main and single-label sets."""
     web_wrong_rate: float = 0.2
+    """extra_web: probability that the image does not show its listed (query) class."""
     web_missing_rate: float = 0.3
+    """extra_web: probability that an image showing its query class also shows unlisted classes."""
     web_shift: float = 1.0
+    """extra_web: strength of the appearance shift (colour cast, gamma, blur, lower JPEG quality); 0 = none."""
     save_parts: bool = True
     """Write ``SegmentationPart/`` masks of the visible discriminative parts."""
 
@@ -489,9 +500,9 @@ class _Canvas:
             elif n >= cfg.min_visible:
                 labels.append(c)
         parts = np.where(np.isin(self.parts, [c + 1 for c in labels]), self.parts, 0).astype(np.uint8)
-        img = self.img * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
+        img = self.img * np.float32(rng.uniform(0.85, 1.15)) + np.float32(rng.uniform(-12, 12))
         if cfg.noise_std > 0:
-            img = img + rng.normal(0, cfg.noise_std, size=img.shape).astype(np.float32)
+            img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(cfg.noise_std)
         return np.clip(img, 0, 255).round().astype(np.uint8), mask, parts, tuple(labels)
 
 
@@ -545,7 +556,11 @@ def make_scene(cfg: SynthConfig, rng: np.random.Generator, kind: str = "main") -
         image, mask, parts, labels = canvas.finish()
         if need <= set(labels):
             return Scene(image, mask, parts, labels, bg), query
-    raise RuntimeError("could not render a valid scene in 50 attempts; the config is too constrained")
+    raise ConfigError(
+        f"could not render a valid {kind!r} scene in 50 attempts: min_visible={cfg.min_visible} px is too large "
+        f"for objects of radius {cfg.scale_min:.2f}..{cfg.scale_min * cfg.scale_ratio:.2f} x {cfg.min_side} px; "
+        "lower min_visible or raise scale_min / min_side"
+    )
 
 
 def _web_shift(image: np.ndarray, rng: np.random.Generator, s: float) -> tuple[Image.Image, int]:
@@ -597,21 +612,24 @@ def _render_chunk(args: tuple[dict, str, str, list[int]]) -> list[tuple[str, tup
     return out
 
 
+_MARKER = ".weakseg-synth"  # written first: the folder is ours even if a run was interrupted
 _OUR_DIRS = ("JPEGImages", "SegmentationClass", "SegmentationPart", "ImageSets", "extra_single", "extra_web")
 
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
-        if not (out / "synth.json").exists():
+        if not ((out / "synth.json").exists() or (out / _MARKER).exists()):
             raise DataError(
                 f"{out} exists, is not empty and holds no synth.json, so it is not a synthetic dataset written "
                 "by weakseg; choose an empty or new folder for the output"
             )
+        if (out / "synth.json").exists():
+            (out / "synth.json").unlink()  # the dataset is incomplete until it is written again
         for d in _OUR_DIRS:
             if (out / d).is_dir():
                 shutil.rmtree(out / d)
-        (out / "synth.json").unlink()  # the dataset is incomplete until it is written again
     out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("written by weakseg.data.synthetic.generate\n")
 
 
 def _run_set(cfg: SynthConfig, set_name: str, folder: Path, n: int, pool: ProcessPoolExecutor | None):
@@ -626,14 +644,29 @@ def _run_set(cfg: SynthConfig, set_name: str, folder: Path, n: int, pool: Proces
     return [r for part in results for r in part]
 
 
-def generate(cfg: SynthConfig, workers: int | None = None) -> Path:
+def _meta(cfg: SynthConfig) -> dict:
+    meta = {k: v for k, v in asdict(cfg).items() if k != "out"}  # no path: same seed -> same bytes
+    meta |= {"class_names": list(CLASS_NAMES), "format": "voc", "generator": "weakseg.data.synthetic"}
+    return json.loads(json.dumps(meta))  # tuples -> lists, as read back from synth.json
+
+
+def generate(cfg: SynthConfig, workers: int | None = None, overwrite: bool = False) -> Path:
     """Write the synthetic benchmark described by ``cfg`` (see module docstring); returns its root.
 
-    ``workers``: processes used for rendering (default: CPU count, at most 8; 1 = in this process).
-    The output does not depend on it.
+    A complete dataset with the same config already in ``cfg.out`` is kept as it is (same seed, same
+    bytes) unless ``overwrite``. ``workers``: processes used for rendering (default: CPU count, at most
+    8; 1 = in this process); the output does not depend on it.
     """
     cfg = cfg.resolved()
     out = cfg.out
+    if not overwrite and (out / "synth.json").is_file():
+        try:
+            same = load_json(out / "synth.json") == _meta(cfg)
+        except ValueError:
+            same = False
+        if same:
+            log.info("synthetic dataset in %s is complete and has the same config; kept", out)
+            return out
     _prepare_out(out)
     total = cfg.n_train + cfg.n_val + cfg.n_single + cfg.n_web
     if workers is None:
@@ -673,9 +706,7 @@ def generate(cfg: SynthConfig, workers: int | None = None) -> Path:
         write_cls_labels(out / "extra_web" / "true_labels.csv", {r[0]: r[2] for r in rows}, CLASS_NAMES)
     if cfg.n_train or cfg.n_val:
         render_sample_grid(out, out / "samples.png", split="train" if cfg.n_train else "val")
-    meta = {k: v for k, v in asdict(cfg).items() if k != "out"}  # no path: same seed -> same bytes
-    meta |= {"class_names": list(CLASS_NAMES), "format": "voc", "generator": "weakseg.data.synthetic"}
-    save_json(out / "synth.json", meta)  # last: marks the dataset complete
+    save_json(out / "synth.json", _meta(cfg))  # last: marks the dataset complete
     return out
 
 

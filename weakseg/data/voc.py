@@ -167,8 +167,9 @@ def scan(root: str | Path, split: str) -> Scan:
                 Problem(
                     display_path(image),
                     "no_labels",
-                    f"image {image_id!r} has neither a row in {CLS_LABELS} nor a mask",
+                    f"image {image_id!r} has neither a row in {CLS_LABELS} nor a mask; it is left out",
                     f"add a row to {display_path(csv_path)} (empty labels = no object) or a mask PNG",
+                    "warning",
                 )
             )
             continue
@@ -182,7 +183,7 @@ class VOCDataset(SegDataset):
     def __init__(self, root: str | Path, split: str = "train"):
         root = Path(root)
         s = scan(root, split)
-        raise_errors(s.problems, f"{display_path(root)} (VOC layout, split {split!r})")
+        raise_errors(s.problems, f"{display_path(root)} (VOC layout, split {split!r})", n_entries=len(s.entries))
         records = []
         computed = 0
         for e in s.entries:

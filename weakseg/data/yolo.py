@@ -29,6 +29,9 @@ from weakseg.errors import DataError
 Polygon = tuple[int, np.ndarray]  # (class, float32 [N, 2] normalised x, y)
 
 
+_LIST_NAMES = ("train", "val", "test", "trainval")  # list files at the root that name a split
+
+
 def is_yolo(root: Path) -> bool:
     return (root / "images").is_dir() and (root / "labels").is_dir()
 
@@ -36,7 +39,7 @@ def is_yolo(root: Path) -> bool:
 def available_splits(root: str | Path) -> list[str]:
     root = Path(root)
     subs = sorted(p.name for p in (root / "images").iterdir() if p.is_dir()) if (root / "images").is_dir() else []
-    files = sorted(p.stem for p in root.glob("*.txt") if p.name != CLASSES_TXT)
+    files = sorted(p.stem for p in root.glob("*.txt") if p.stem in _LIST_NAMES)
     files += sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
     return (["all"] if list_images(root / "images") else []) + subs + [f for f in files if f not in subs]
 
@@ -162,7 +165,7 @@ class YOLODataset(SegDataset):
     def __init__(self, root: str | Path, split: str = "all"):
         root = Path(root)
         s = scan(root, split)
-        raise_errors(s.problems, f"{display_path(root)} (YOLO format, split {split!r})")
+        raise_errors(s.problems, f"{display_path(root)} (YOLO format, split {split!r})", n_entries=len(s.entries))
         super().__init__(root, split, s.class_names, [Record(e.image_id, e.image_path, e.labels) for e in s.entries])
         self._polys = [e.extra for e in s.entries]
 
