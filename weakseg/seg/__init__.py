@@ -1,0 +1,1 @@
+"""Segmentation networks (segmentation-models-pytorch and friends), their training, evaluation and inference."""
