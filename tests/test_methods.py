@@ -1,0 +1,181 @@
+"""CAM and MCIS networks: shapes, batching equivalence, losses, parameter groups, inference."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from weakseg.backbones import create_backbone
+from weakseg.cams.cam import make_views
+from weakseg.cams.coattention import co_attention
+from weakseg.errors import ConfigError
+from weakseg.methods import METHODS, PRESETS, CamNet, ClsHParams, MCISNet, get_method, get_preset, mcis_loss
+
+K = 5
+HP = dataclasses.replace(get_preset("tiny"), input_size=32)
+
+
+def _net(cls=MCISNet, hp=HP, stride=8) -> CamNet:
+    torch.manual_seed(0)
+    return cls(create_backbone("tiny", output_stride=stride), K, hp).eval()
+
+
+class _Counter:
+    """Records the batch shape of every backbone call."""
+
+    def __init__(self, net):
+        self.calls: list[tuple[int, ...]] = []
+        net.backbone.register_forward_hook(lambda m, i, o: self.calls.append(tuple(i[0].shape)))
+
+
+def test_registry_and_presets():
+    assert set(METHODS) == {"cam", "mcis"}
+    with pytest.raises(ConfigError, match="cam, mcis"):
+        get_method("grad-cam")
+    with pytest.raises(ConfigError, match="cpu"):
+        get_preset("gpu")
+    paper = PRESETS["paper"]
+    assert (paper.epochs, paper.batch_size, paper.input_size, paper.output_stride) == (15, 5, 256, 8)
+    assert (paper.lr, paper.momentum, paper.weight_decay, paper.lr_milestones) == (1e-3, 0.9, 5e-4, (5, 10))
+    assert paper.lr_mult == (1, 2, 10, 20) and paper.contrastive_from_epoch == 2
+    for hp in PRESETS.values():
+        assert ClsHParams.from_dict(hp.to_dict()) == hp
+
+
+def test_cam_logits_are_gap_of_maps():
+    net = _net(CamNet)
+    x = torch.rand(2, 3, 32, 32)
+    f = net.features(x)
+    torch.testing.assert_close(net(x)["logits"], net.cam_maps(f).mean((2, 3)), atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_groups_and_frozen_bn():
+    net = _net()
+    groups = net.parameter_groups(HP)
+    assert [g["lr"] for g in groups] == [HP.lr * m for m in HP.lr_mult]
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    backbone = {id(p) for p in net.backbone.parameters()}
+    assert ids[0] | ids[1] == backbone
+    assert {id(net.coatt.weight), id(net.co_classifier.weight), id(net.gate.weight)} <= ids[2]
+    assert id(net.classifier.bias) in ids[3]
+    assert sum(len(i) for i in ids) == len(list(net.parameters()))
+    net.train()
+    bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and net.head.training
+    net2 = MCISNet(create_backbone("tiny"), K, dataclasses.replace(HP, freeze_bn=False)).train()
+    assert all(m.training for m in net2.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_mcis_forward_computes_each_image_once_and_matches_unbatched():
+    net = _net()
+    count = _Counter(net)
+    b = 2
+    a, p = torch.rand(b, 3, 32, 32), torch.rand(b, 3, 32, 32)
+    views = [a.flip(-1), torch.rand(b, 3, 24, 24), torch.rand(b, 3, 64, 64)]
+    with torch.no_grad():
+        out = net(a, p, views, contrastive=True)
+    # three sizes → three backbone calls; every image exactly once
+    assert sorted(count.calls) == sorted([(3 * b, 3, 32, 32), (b, 3, 24, 24), (b, 3, 64, 64)])
+    # reference: each pair computed on its own
+    with torch.no_grad():
+        fa, fp = net.features(a), net.features(p)
+        w = net.coatt.weight
+        m_co, n_co = co_attention(fa, fp, w)
+        co = lambda f: net.co_classifier(f).mean((2, 3))  # noqa: E731
+        torch.testing.assert_close(out["logits"], net.cam_maps(fa).mean((2, 3)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out["co_a"], co(m_co), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out["co_p"], co(n_co), atol=1e-5, rtol=1e-4)
+        g = torch.sigmoid(net.gate(m_co))
+        torch.testing.assert_close(out["contrast_a"], co(fa * (1 - g)), atol=1e-5, rtol=1e-4)
+        for v, (co_av, co_v) in zip(views, out["co_self"], strict=True):
+            m2, n2 = co_attention(fa, net.features(v), w)
+            torch.testing.assert_close(co_av, co(m2), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(co_v, co(n2), atol=1e-5, rtol=1e-4)
+    assert len(out["logits_v"]) == 3 and "contrast_a" in out
+
+
+def _out(b=2):
+    g = torch.Generator().manual_seed(0)
+    r = lambda: torch.randn(b, K, generator=g)  # noqa: E731
+    return {
+        "logits": r(), "logits_p": r(), "logits_v": [r()], "co_a": r(), "co_p": r(), "co_self": [(r(), r())],
+        "contrast_a": r(), "contrast_p": r(),
+    }  # fmt: skip
+
+
+def test_mcis_loss_terms():
+    mlsm = torch.nn.functional.multilabel_soft_margin_loss
+    out = _out()
+    ya = torch.tensor([[1.0, 1, 0, 0, 0], [0, 1, 0, 0, 0]])
+    yp = torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
+    batch = {"label_a": ya, "label_p": yp}
+    hp = dataclasses.replace(HP, contrastive_from_epoch=2)
+    early = mcis_loss(out, batch, 1, hp)
+    assert "contrast" not in early
+    shared = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 0, 0, 0]])
+    plain = mlsm(torch.cat([out["logits"], out["logits_p"]]), torch.cat([ya, yp]))
+    co = mlsm(torch.cat([out["co_a"], out["co_p"]]), torch.cat([shared, shared]))
+    self_ = mlsm(torch.cat([out["logits"], out["logits_v"][0]]), torch.cat([ya, ya])) + mlsm(
+        torch.cat(out["co_self"][0]), torch.cat([ya, ya])
+    )
+    torch.testing.assert_close(early["loss"], plain + co + self_)
+    late = mcis_loss(out, batch, 2, hp)
+    # contrastive: only row 0 has unshared classes (a: class 1, p: class 2); row 1 shares everything
+    contrast = mlsm(out["contrast_a"][:1], torch.tensor([[0.0, 1, 0, 0, 0]])) + mlsm(
+        out["contrast_p"][:1], torch.tensor([[0.0, 0, 1, 0, 0]])
+    )
+    torch.testing.assert_close(late["contrast"], contrast)
+    torch.testing.assert_close(late["loss"], plain + co + self_ + contrast)
+
+
+def test_mcis_step_trains():
+    net = _net().train()
+    hp = dataclasses.replace(HP, contrastive_from_epoch=0)
+    opt = torch.optim.SGD(net.parameter_groups(hp), lr=0.05, momentum=0.9)
+    torch.manual_seed(1)
+    batch = {
+        "anchor": torch.rand(4, 3, 32, 32),
+        "partner": torch.rand(4, 3, 32, 32),
+        "label_a": torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 0], [1, 0, 0, 0, 1]]),
+        "label_p": torch.tensor([[1.0, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 1, 1], [1, 0, 0, 0, 0]]),
+    }
+    batch["views"] = [batch["anchor"].flip(-1)]
+    losses = []
+    for _ in range(15):
+        out = METHODS["mcis"].step(net, batch, 0, hp)
+        opt.zero_grad()
+        out["loss"].backward()
+        assert net.gate.weight.grad is not None and net.coatt.weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.85 * losses[0]
+
+
+def test_predict_cams_flip_equivariant_and_normalised():
+    """With both flips among the views, CAMs of a mirrored image are the mirrored CAMs."""
+    net = _net(CamNet)
+    with torch.no_grad():  # make some class maps positive
+        net.classifier.bias.fill_(0.5)
+    img = torch.rand(1, 3, 40, 56)
+    views = make_views((1.0, 0.5), flip=True)
+    cams = net.predict_cams(img, [1, 3], views, 32, (40, 56))
+    cams_f = net.predict_cams(img.flip(-1), [1, 3], views, 32, (40, 56))
+    assert cams.shape == (2, 40, 56)
+    assert cams.min() >= 0 and torch.allclose(cams.flatten(1).amax(1), torch.ones(2), atol=1e-3)
+    torch.testing.assert_close(cams_f, cams.flip(-1), atol=1e-4, rtol=1e-4)
+
+
+def test_mcis_predict_forwards_each_partner_once_per_scale():
+    net = _net()
+    with torch.no_grad():
+        net.co_classifier.weight.abs_()
+    count = _Counter(net)
+    img = torch.rand(1, 3, 40, 48)
+    partners = [torch.rand(1, 3, 36, 44), torch.rand(1, 3, 50, 30)]
+    rows = {0: [0, 0, 1], 2: [1, 1, 1]}  # partner 1 serves two classes, partner 0 is drawn twice
+    views = make_views((1.0, 0.5), flip=True)
+    cams = net.predict_cams(img, [0, 2], views, 32, (40, 48), partners=partners, partner_rows=rows)
+    assert cams.shape == (2, 40, 48) and 0 <= cams.min() and cams.max() <= 1
+    assert sorted(count.calls) == [(6, 3, 16, 16), (6, 3, 32, 32)]  # (anchor + 2 partners) × 2 flips per scale

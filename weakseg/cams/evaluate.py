@@ -1,0 +1,106 @@
+"""Stage ``eval-cams``: mIoU of CAM seeds against the ground-truth masks, swept over thresholds.
+
+Seeds (the usual WSSS protocol): at each pixel, ``argmax([t, cam_1, ..., cam_K'])`` with a constant
+background score ``t``: a pixel is foreground class ``c`` when its highest CAM (over the image's
+ground-truth classes) is ``c``'s and exceeds ``t``, background otherwise. One confusion matrix per
+threshold (classes ``background`` + foreground names); the best threshold is the one with the
+highest mIoU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from weakseg.engine.artifacts import load_npz, save_json
+from weakseg.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 13))  # 0.05, 0.10, ..., 0.60
+
+
+@dataclass(frozen=True)
+class EvalCamsConfig:
+    """Score CAM seeds (argmax over [threshold, CAMs]) against the masks; sweep the background threshold."""
+
+    cams: Path
+    """folder written by make-cams"""
+    data: Path
+    fmt: str = "auto"
+    split: str = "train"
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    out: Path | None = None
+    """JSON file to write the results to"""
+
+
+def seeds_from_cams(cams: np.ndarray, classes: np.ndarray, threshold: float) -> np.ndarray:
+    """``uint8 [H, W]`` seed mask: ``argmax([threshold, cams])`` mapped to 0 = bg, ``c + 1`` = class c.
+
+    Ties go to the background (``cams`` must exceed the threshold).
+    """
+    if cams.shape[0] == 0:
+        return np.zeros(cams.shape[1:], np.uint8)
+    cams = cams.astype(np.float32)
+    best = cams.argmax(0)
+    fg = cams.max(0) > threshold
+    return np.where(fg, np.asarray(classes, np.int64)[best] + 1, 0).astype(np.uint8)
+
+
+def eval_cams(cfg: EvalCamsConfig) -> dict:
+    """mIoU of the seeds at every threshold; returns ``per_threshold``, ``best_threshold``, ``best_miou``,
+    ``metrics`` (best threshold's :meth:`SegMetrics.to_dict`) and ``table`` (its text table)."""
+    from weakseg.data.registry import open_dataset
+    from weakseg.eval.metrics import ConfusionMatrix, segmentation_class_names
+
+    if not cfg.thresholds:
+        raise ConfigError("give at least one threshold")
+    ds = open_dataset(cfg.data, cfg.split, cfg.fmt)
+    if not ds.has_masks:
+        raise DataError(f"split {cfg.split!r} of {cfg.data} has no masks to evaluate CAMs against")
+    names = segmentation_class_names(ds.class_names)
+    cms = {t: ConfusionMatrix(names) for t in cfg.thresholds}
+    cams_dir = Path(cfg.cams)
+    scored = 0
+    for i, rec in enumerate(ds.records):
+        gt = ds.load_mask(i)
+        if gt is None:
+            continue
+        path = cams_dir / f"{rec.image_id}.npz"
+        if not path.is_file():
+            raise DataError(f"no CAM file {path} for image {rec.image_id}; run make-cams (it resumes) first")
+        z = load_npz(path)
+        cams, classes = z["cams"], z["classes"]
+        if cams.shape[1:] != gt.shape:
+            raise DataError(f"{path}: CAMs {cams.shape[1:]} differ from the mask size {gt.shape}")
+        # the argmax is shared by all thresholds; only the foreground test changes
+        if cams.shape[0]:
+            c32 = cams.astype(np.float32)
+            label = (np.asarray(classes, np.int64)[c32.argmax(0)] + 1).astype(np.uint8)
+            peak = c32.max(0)
+        else:
+            label = np.zeros(gt.shape, np.uint8)
+            peak = np.zeros(gt.shape, np.float32)
+        for t, cm in cms.items():
+            cm.update(gt, np.where(peak > t, label, 0).astype(np.uint8))
+        scored += 1
+    if scored == 0:
+        raise DataError(f"no image of split {cfg.split!r} has a mask to score")
+    per = {f"{t:g}": cm.metrics() for t, cm in cms.items()}
+    best_key = max(per, key=lambda k: np.nan_to_num(per[k].miou, nan=-1.0))
+    best = per[best_key]
+    result = {
+        "per_threshold": {k: round(float(m.miou), 6) for k, m in per.items()},
+        "best_threshold": float(best_key),
+        "best_miou": round(float(best.miou), 6),
+        "images": scored,
+        "metrics": best.to_dict(),
+        "table": best.table(),
+    }
+    if cfg.out is not None:
+        save_json(cfg.out, result)
+    log.info("eval-cams: best threshold %s, mIoU %.2f%% over %d images", best_key, 100 * best.miou, scored)
+    return result

@@ -1,0 +1,226 @@
+"""MCIS: Mining Cross-Image Semantics for WSSS (Sun, Wang, Dai, Van Gool, ECCV 2020).
+
+On top of the plain CAM classifier (:mod:`weakseg.methods.cam`), for a pair of images (m, n)
+sharing a class, with head features ``F_m``, ``F_n``:
+
+- co-attention (:func:`weakseg.cams.coattention.co_attention`, ``W``: bias-free ``C×C`` linear map)
+  gives ``F_m^co`` and ``F_n^co``;
+- a co-attention classifier (bias-free 1×1 conv to K + GAP) scores ``F^co``: target = the classes
+  the two images share;
+- a gate ``g = σ(conv1×1(F^co))`` (bias-free, one channel) marks the shared regions; the *same*
+  co-attention classifier scores the contrastive features ``F ⊙ (1 − g)``: target = the image's
+  classes minus the shared ones (added from epoch ``contrastive_from_epoch``, only for rows whose
+  target is non-empty; the reference adds it for the whole batch when any row is non-empty);
+- self-pairs: the anchor paired with transformed copies of itself (flip, 0.75×, 2× in the
+  reference): plain and co logits of both vs the anchor's labels, no contrastive term.
+
+All losses are multi-label soft-margin losses, summed as in the reference. Efficiency: every image
+of a step (anchors, partners, self-pair copies) goes through the backbone exactly once, images of
+the same size in one batch; the anchor's features are reused for all its pairs.
+
+At test time (:meth:`MCISNet.predict_cams`), for each class c of an image, ``k`` partners with
+class c give co-attention maps (channel c, averaged over partners); self-pairs pair the base view
+with every other view; plain CAMs, partner co-attention CAMs and self-pair CAMs are each fused over
+scales/flips, normalised, and averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weakseg.backbones import Backbone
+from weakseg.cams.cam import View, apply_view, fuse_views
+from weakseg.cams.coattention import co_attend, co_attention, shared_labels, unshared_labels
+from weakseg.methods.cam import CamNet, ClsHParams, _views_by_scale, finish_cams, multilabel_loss
+
+
+def _by_size(tensors: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(tuple(t.shape[-2:]), []).append(i)
+    return groups
+
+
+class MCISNet(CamNet):
+    """Plain CAM network + W (``coatt``), co-attention classifier and gate.
+
+    ``forward(anchor [B,3,S,S], partner [B,3,S,S], views=[[B,3,s_v,s_v], ...], contrastive=bool)``
+    returns logits ``[B, K]``: ``logits``/``logits_p``/``logits_v`` (plain: anchor, partner, each
+    self copy), ``co_a``/``co_p`` (co-attention), ``co_self`` (list of ``(anchor, copy)`` co logits),
+    and with ``contrastive`` ``contrast_a``/``contrast_p``.
+    """
+
+    new_prefixes = (*CamNet.new_prefixes, "coatt.", "co_classifier.", "gate.")
+
+    def __init__(self, backbone: Backbone, num_classes: int, hp: ClsHParams):
+        super().__init__(backbone, num_classes, hp)
+        self.coatt = nn.Linear(self.dim, self.dim, bias=False)
+        self.co_classifier = nn.Conv2d(self.dim, num_classes, 1, bias=False)
+        self.gate = nn.Conv2d(self.dim, 1, 1, bias=False)
+
+    def co_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Co-attention classifier, pooled first (it is linear): ``[B, D, h, w]`` → ``[B, K]``."""
+        return F.linear(feats.mean((2, 3)), self.co_classifier.weight.flatten(1))
+
+    def batched_features(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Head features of each tensor of ``images``; tensors of the same size share one backbone call."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for idx in _by_size(images).values():
+            sizes = [images[i].shape[0] for i in idx]
+            feats = self.features(torch.cat([images[i] for i in idx]) if len(idx) > 1 else images[idx[0]])
+            for i, f in zip(idx, feats.split(sizes), strict=True):
+                out[i] = f
+        return out  # type: ignore[return-value]
+
+    def forward(
+        self,
+        anchor: torch.Tensor,
+        partner: torch.Tensor,
+        views: Sequence[torch.Tensor] = (),
+        contrastive: bool = False,
+    ) -> dict[str, Any]:
+        f_a, f_p, *f_v = self.batched_features([anchor, partner, *views])
+        b = f_a.shape[0]
+        pooled = torch.cat([f.mean((2, 3)) for f in (f_a, f_p, *f_v)])
+        plain = F.linear(pooled, self.classifier.weight.flatten(1), self.classifier.bias).split(b)
+        # co-attention of (anchor, partner) and (anchor, copy): pairs whose second image has the same
+        # size are attended in one batched call
+        seconds = [f_p, *f_v]
+        co_m: list[torch.Tensor | None] = [None] * len(seconds)
+        co_n: list[torch.Tensor | None] = [None] * len(seconds)
+        for idx in _by_size(seconds).values():
+            fm = f_a.repeat(len(idx), 1, 1, 1) if len(idx) > 1 else f_a
+            fn = torch.cat([seconds[i] for i in idx]) if len(idx) > 1 else seconds[idx[0]]
+            m_co, n_co = co_attention(fm, fn, self.coatt.weight)
+            for i, mc, nc in zip(idx, m_co.split(b), n_co.split(b), strict=True):
+                co_m[i], co_n[i] = mc, nc
+        co_pooled = torch.cat([f.mean((2, 3)) for f in (*co_m, *co_n)])  # type: ignore[union-attr]
+        co_logits = F.linear(co_pooled, self.co_classifier.weight.flatten(1)).split(b)
+        n2 = len(seconds)
+        out: dict[str, Any] = {
+            "logits": plain[0],
+            "logits_p": plain[1],
+            "logits_v": list(plain[2:]),
+            "co_a": co_logits[0],
+            "co_p": co_logits[n2],
+            "co_self": [(co_logits[i], co_logits[n2 + i]) for i in range(1, n2)],
+        }
+        if contrastive:
+            g = torch.sigmoid(self.gate(torch.cat([co_m[0], co_n[0]])))  # type: ignore[list-item]
+            rest = torch.cat([f_a, f_p]) * (1 - g)
+            out["contrast_a"], out["contrast_p"] = self.co_logits(rest).split(b)
+        return out
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def predict_cams(
+        self,
+        image: torch.Tensor,
+        classes: Sequence[int],
+        views: Sequence[View],
+        input_size: int,
+        out_size: tuple[int, int],
+        partners: Sequence[torch.Tensor] = (),
+        partner_rows: dict[int, list[int]] | None = None,
+        self_pairs: bool = True,
+        **_: Any,
+    ) -> torch.Tensor:
+        """CAMs ``[K', *out_size]`` in [0, 1] of one image (``[1, 3, H, W]``) for ``classes``.
+
+        ``partners``: unique partner images (``[1, 3, H_j, W_j]`` each, any size); ``partner_rows[c]``:
+        indices into ``partners`` of class c's partners (repeats allowed). Each partner is forwarded
+        once per view (its features serve every class it was drawn for).
+        """
+        classes = list(classes)
+        grid = (input_size, input_size)
+        partner_rows = partner_rows or {}
+        plain, plain_f, co, co_f = [], [], [], []
+        anchor_feats: dict[View, torch.Tensor] = {}
+        rows_of = [partner_rows.get(c, []) for c in classes]
+        for group in _views_by_scale(views).values():
+            imgs = [apply_view(image, v, input_size) for v in group]
+            imgs += [apply_view(p, v, input_size) for v in group for p in partners]
+            feats = self.features(torch.cat(imgs))
+            f_anchor = feats[: len(group)]
+            if partners:
+                f_part = feats[len(group) :].unflatten(0, (len(group), len(partners)))
+            plain += list(self.cam_maps(f_anchor)[:, classes])
+            plain_f += [v.flip for v in group]
+            for j, v in enumerate(group):
+                anchor_feats[v] = f_anchor[j : j + 1]
+                if not partners:
+                    continue
+                # the anchor's co-attended features against every partner at once
+                fa = f_anchor[j : j + 1].expand(len(partners), -1, -1, -1)
+                maps = self.co_classifier(co_attend(f_part[j], fa, self.coatt.weight))  # [M, K, h, w]
+                per_class = [
+                    maps[rows, c].mean(0) if rows else maps.new_zeros(maps.shape[-2:])
+                    for c, rows in zip(classes, rows_of, strict=True)
+                ]
+                co.append(torch.stack(per_class))
+                co_f.append(v.flip)
+        components = [fuse_views(plain, plain_f, grid)]
+        if co:
+            components.append(fuse_views(co, co_f, grid))
+        if self_pairs and len(views) > 1:
+            components.append(self._self_pair_cams(anchor_feats, views, classes, grid))
+        return finish_cams(components, out_size)
+
+    def _self_pair_cams(
+        self, feats: dict[View, torch.Tensor], views: Sequence[View], classes: list[int], grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Co-attention CAMs of the base view paired with each other view (both sides), fused."""
+        base = next((v for v in views if v.scale == 1.0 and not v.flip), views[0])
+        maps, flips = [], []
+        for v in views:
+            if v == base:
+                continue
+            m_co, n_co = co_attention(feats[base], feats[v], self.coatt.weight)
+            maps += [self.co_classifier(m_co)[0, classes], self.co_classifier(n_co)[0, classes]]
+            flips += [base.flip, v.flip]
+        return fuse_views(maps, flips, grid)
+
+
+def mcis_loss(out: dict[str, Any], batch: dict, epoch: int, hp: ClsHParams) -> dict[str, torch.Tensor]:
+    """The MCIS objective (sum of multi-label soft-margin terms); returns ``loss`` and its parts."""
+    ya, yp = batch["label_a"], batch["label_p"]
+    shared = shared_labels(ya, yp)
+    loss_plain = multilabel_loss(torch.cat([out["logits"], out["logits_p"]]), torch.cat([ya, yp]))
+    keep = shared.sum(1) > 0
+    loss_co = (
+        multilabel_loss(torch.cat([out["co_a"][keep], out["co_p"][keep]]), torch.cat([shared[keep], shared[keep]]))
+        if keep.any()
+        else out["co_a"].sum() * 0
+    )
+    loss_self = out["co_a"].new_zeros(())
+    y2 = torch.cat([ya, ya])
+    for logits_v, (co_a_v, co_v) in zip(out["logits_v"], out["co_self"], strict=True):
+        loss_self = loss_self + multilabel_loss(torch.cat([out["logits"], logits_v]), y2)
+        loss_self = loss_self + multilabel_loss(torch.cat([co_a_v, co_v]), y2)
+    loss = loss_plain + loss_co + loss_self
+    parts = {"plain": loss_plain.detach(), "co": loss_co.detach(), "self": loss_self.detach()}
+    if epoch >= hp.contrastive_from_epoch and "contrast_a" in out:
+        loss_contrast = out["co_a"].new_zeros(())
+        for logits, target in (
+            (out["contrast_a"], unshared_labels(ya, yp)),
+            (out["contrast_p"], unshared_labels(yp, ya)),
+        ):
+            rows = target.sum(1) > 0
+            if rows.any():
+                loss_contrast = loss_contrast + multilabel_loss(logits[rows], target[rows])
+        loss = loss + loss_contrast
+        parts["contrast"] = loss_contrast.detach()
+    return {"loss": loss, **parts}
+
+
+def mcis_step(net: nn.Module, batch: dict, epoch: int, hp: ClsHParams) -> dict[str, torch.Tensor]:
+    """One MCIS training step's losses (``net`` may be DDP-wrapped: everything goes through ``forward``)."""
+    contrastive = epoch >= hp.contrastive_from_epoch
+    out = net(batch["anchor"], batch["partner"], batch["views"], contrastive=contrastive)
+    return mcis_loss(out, batch, epoch, hp)
