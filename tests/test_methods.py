@@ -132,8 +132,8 @@ def test_mcis_loss_terms():
 
 def test_mcis_step_trains():
     net = _net().train()
-    hp = dataclasses.replace(HP, contrastive_from_epoch=0)
-    opt = torch.optim.SGD(net.parameter_groups(hp), lr=0.05, momentum=0.9)
+    hp = dataclasses.replace(HP, contrastive_from_epoch=0, lr=0.1)
+    opt = torch.optim.SGD(net.parameter_groups(hp), lr=hp.lr, momentum=0.9)
     torch.manual_seed(1)
     batch = {
         "anchor": torch.rand(4, 3, 32, 32),
@@ -143,7 +143,7 @@ def test_mcis_step_trains():
     }
     batch["views"] = [batch["anchor"].flip(-1)]
     losses = []
-    for _ in range(15):
+    for _ in range(20):
         out = METHODS["mcis"].step(net, batch, 0, hp)
         opt.zero_grad()
         out["loss"].backward()

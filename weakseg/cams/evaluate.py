@@ -37,17 +37,22 @@ class EvalCamsConfig:
     """JSON file to write the results to"""
 
 
+def _top_class(cams: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: the best class as a mask value (``c + 1``, ``uint8``) and its CAM score (``float32``)."""
+    if cams.shape[0] == 0:
+        return np.zeros(cams.shape[1:], np.uint8), np.zeros(cams.shape[1:], np.float32)
+    cams = cams.astype(np.float32)
+    label = (np.asarray(classes, np.int64)[cams.argmax(0)] + 1).astype(np.uint8)
+    return label, cams.max(0)
+
+
 def seeds_from_cams(cams: np.ndarray, classes: np.ndarray, threshold: float) -> np.ndarray:
     """``uint8 [H, W]`` seed mask: ``argmax([threshold, cams])`` mapped to 0 = bg, ``c + 1`` = class c.
 
-    Ties go to the background (``cams`` must exceed the threshold).
+    ``cams`` ``[K', H, W]`` of the classes ``classes`` ``[K']``. Ties go to the background.
     """
-    if cams.shape[0] == 0:
-        return np.zeros(cams.shape[1:], np.uint8)
-    cams = cams.astype(np.float32)
-    best = cams.argmax(0)
-    fg = cams.max(0) > threshold
-    return np.where(fg, np.asarray(classes, np.int64)[best] + 1, 0).astype(np.uint8)
+    label, peak = _top_class(cams, classes)
+    return np.where(peak > threshold, label, 0).astype(np.uint8)
 
 
 def eval_cams(cfg: EvalCamsConfig) -> dict:
@@ -76,14 +81,7 @@ def eval_cams(cfg: EvalCamsConfig) -> dict:
         cams, classes = z["cams"], z["classes"]
         if cams.shape[1:] != gt.shape:
             raise DataError(f"{path}: CAMs {cams.shape[1:]} differ from the mask size {gt.shape}")
-        # the argmax is shared by all thresholds; only the foreground test changes
-        if cams.shape[0]:
-            c32 = cams.astype(np.float32)
-            label = (np.asarray(classes, np.int64)[c32.argmax(0)] + 1).astype(np.uint8)
-            peak = c32.max(0)
-        else:
-            label = np.zeros(gt.shape, np.uint8)
-            peak = np.zeros(gt.shape, np.float32)
+        label, peak = _top_class(cams, classes)  # shared by all thresholds; only the fg test changes
         for t, cm in cms.items():
             cm.update(gt, np.where(peak > t, label, 0).astype(np.uint8))
         scored += 1
@@ -103,4 +101,6 @@ def eval_cams(cfg: EvalCamsConfig) -> dict:
     if cfg.out is not None:
         save_json(cfg.out, result)
     log.info("eval-cams: best threshold %s, mIoU %.2f%% over %d images", best_key, 100 * best.miou, scored)
+    if len(cfg.thresholds) > 1 and float(best_key) in (min(cfg.thresholds), max(cfg.thresholds)):
+        log.warning("eval-cams: the best threshold %s is at the end of the range tried; widen --thresholds", best_key)
     return result

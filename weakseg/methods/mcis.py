@@ -61,6 +61,7 @@ class MCISNet(CamNet):
         super().__init__(backbone, num_classes, hp)
         self.coatt = nn.Linear(self.dim, self.dim, bias=False)
         self.co_classifier = nn.Conv2d(self.dim, num_classes, 1, bias=False)
+        nn.init.normal_(self.co_classifier.weight, std=0.01)  # like the plain classifier: logits start near 0
         self.gate = nn.Conv2d(self.dim, 1, 1, bias=False)
 
     def co_logits(self, feats: torch.Tensor) -> torch.Tensor:
