@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--background", default="power")
     ap.add_argument("--ignore-margin", type=float, default=None, help="default: PseudoConfig's")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lowres", type=int, default=80, help="max side of the reduced-resolution PAR row")
     args = ap.parse_args()
 
     from weakseg.data.registry import open_dataset
@@ -113,8 +114,10 @@ def main() -> None:
 
     names = segmentation_class_names(ds.class_names)
     rows = []
-    for refiner in ("none", "par", "crf"):
-        cfg = replace(base, refiner=refiner)
+    variants = [("none", {}), ("par", {}), (f"par@{args.lowres}", {"par_max_side": args.lowres}), ("crf", {})]
+    for name, extra in variants:
+        refiner = name.split("@")[0]
+        cfg = replace(base, refiner=refiner, **extra)
         cm = ConfusionMatrix(names)
         ignored = total = 0
         seconds = 0.0
@@ -131,29 +134,30 @@ def main() -> None:
                 ignored += int((label == IGNORE).sum())
                 total += label.size
         except Exception as e:  # e.g. pydensecrf2 missing
-            rows.append((refiner, None, None, str(e)))
+            rows.append((name, None, None, str(e)))
             continue
         m = cm.metrics()
-        rows.append((refiner, n / max(seconds, 1e-9), m, ignored / total))
+        rows.append((name, n / max(seconds, 1e-9), m, ignored / total))
 
     sizes = [it[0].shape[:2] for it in items]
     print(f"data: {data} split {args.split}, {n} images, mean size {np.mean(sizes, axis=0).round().astype(int)}")
     print(f"CAMs: {cam_source}; background rule {base.background}, ignore margin {base.ignore_margin}")
     print(f"torch threads: {torch.get_num_threads()}; PAR: 10 iters, dilations (1,2,4,8,12,24); CRF: 10 iters")
-    print(f"{'refiner':<8}{'img/s':>10}{'mIoU':>8}{'prec':>8}{'recall':>8}{'ignored':>9}")
+    print(f"{'refiner':<9}{'img/s':>9}{'mIoU':>8}{'prec':>8}{'recall':>8}{'ignored':>9}")
     speed = {}
     for refiner, ips, m, ign in rows:
         if m is None:
-            print(f"{refiner:<8}  unavailable: {ign}")
+            print(f"{refiner:<9}  unavailable: {ign}")
             continue
         speed[refiner] = ips
         ips_s = "-" if refiner == "none" else f"{ips:.1f}"
         print(
-            f"{refiner:<8}{ips_s:>10}{100 * m.miou:>8.2f}{100 * m.mean_precision:>8.2f}"
+            f"{refiner:<9}{ips_s:>9}{100 * m.miou:>8.2f}{100 * m.mean_precision:>8.2f}"
             f"{100 * m.mean_recall:>8.2f}{100 * ign:>8.1f}%"
         )
-    if "par" in speed and "crf" in speed:
-        print(f"throughput ratio PAR / CRF: {speed['par'] / speed['crf']:.2f}x")
+    if "crf" in speed:
+        for name in (k for k in speed if k.startswith("par")):
+            print(f"throughput ratio {name} / crf: {speed[name] / speed['crf']:.2f}x")
 
 
 if __name__ == "__main__":
