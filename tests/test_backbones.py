@@ -10,6 +10,15 @@ from weakseg.backbones import BACKBONES, create_backbone, load_efficientnet_lite
 from weakseg.errors import ConfigError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small inputs: one thread is as fast, and two stall each other on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("stride", [8, 16])
 def test_tiny_output_stride(stride):
     bb = create_backbone("tiny", output_stride=stride).eval()

@@ -18,6 +18,15 @@ from weakseg.errors import ConfigError
 from weakseg.methods.train import TrainClsConfig, load_classifier, train_cls
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is as fast, and two stall each other on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_normalize_cams_by_hand():
     cams = torch.tensor([[[-1.0, 2.0], [4.0, 1.0]], [[-3.0, -1.0], [0.0, -2.0]]])
     out = normalize_cams(cams)

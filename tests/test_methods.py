@@ -17,6 +17,15 @@ K = 5
 HP = dataclasses.replace(get_preset("tiny"), input_size=32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is as fast, and two stall each other on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _net(cls=MCISNet, hp=HP, stride=8) -> CamNet:
     torch.manual_seed(0)
     return cls(create_backbone("tiny", output_stride=stride), K, hp).eval()
