@@ -188,3 +188,17 @@ def test_mcis_predict_forwards_each_partner_once_per_scale():
     cams = net.predict_cams(img, [0, 2], views, 32, (40, 48), partners=partners, partner_rows=rows)
     assert cams.shape == (2, 40, 48) and 0 <= cams.min() and cams.max() <= 1
     assert sorted(count.calls) == [(6, 3, 16, 16), (6, 3, 32, 32)]  # (anchor + 2 partners) × 2 flips per scale
+
+
+def test_mcis_partner_cams_use_each_class_channel():
+    net = _net()
+    with torch.no_grad():
+        net.classifier.weight.zero_()
+        net.classifier.bias.fill_(-1.0)  # plain CAMs nowhere positive
+        w = net.co_classifier.weight.abs()
+        w[2] = -w[2]  # head features are ≥ 0, so class 2's co-attention map is ≤ 0 everywhere
+        net.co_classifier.weight.copy_(w)
+    img, partners = torch.rand(1, 3, 32, 32), [torch.rand(1, 3, 32, 32)]
+    views = make_views((1.0,), flip=False)
+    cams = net.predict_cams(img, [0, 2], views, 32, (32, 32), partners=partners, partner_rows={0: [0], 2: [0]})
+    assert cams[0].max() > 0.99 and cams[1].max() == 0
