@@ -20,7 +20,7 @@ from weakseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 13))  # 0.05, 0.10, ..., 0.60
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
 
 @dataclass(frozen=True)

@@ -46,27 +46,40 @@ class MakeCamsConfig:
     """MCIS: add co-attention CAMs of the image paired with its own other views"""
     seed: int = 0
     device: str = "auto"
+    cache_mb: int = 1024
+    """memory for caching image features across pairs (MCIS partners recur); 0 = no cache"""
     shard: bool = True
     """under torchrun, split the images across ranks"""
 
 
-class _ImageCache:
-    """A small LRU of decoded images (partners recur: each image is drawn ~k times per class)."""
+class _FeatureCache:
+    """Head features of images under every view, kept in an LRU bounded in bytes.
 
-    def __init__(self, ds, capacity: int = 256):
-        self.ds, self.capacity, self.items = ds, capacity, OrderedDict()
+    With MCIS each image is also drawn as a partner of ~k images per class, so caching its features
+    means the backbone runs about once per image and view instead of once per pair.
+    """
 
-    def tensor(self, i: int, device: torch.device) -> torch.Tensor:
+    def __init__(self, ds, net, views, input_size: int, device: torch.device, budget_bytes: int):
+        self.ds, self.net, self.views, self.input_size, self.device = ds, net, views, input_size, device
+        self.budget, self.used, self.items = budget_bytes, 0, OrderedDict()
+
+    def image(self, i: int) -> torch.Tensor:
+        from weakseg.data.transforms import to_tensor
+
+        return to_tensor(self.ds.load_image(i))[None].to(self.device)
+
+    def features(self, i: int, image: torch.Tensor | None = None) -> dict[float, torch.Tensor]:
         if i in self.items:
             self.items.move_to_end(i)
             return self.items[i]
-        from weakseg.data.transforms import to_tensor
-
-        x = to_tensor(self.ds.load_image(i))[None].to(device)
-        self.items[i] = x
-        if len(self.items) > self.capacity:
-            self.items.popitem(last=False)
-        return x
+        feats = self.net.view_features(self.image(i) if image is None else image, self.views, self.input_size)
+        size = sum(f.numel() * f.element_size() for f in feats.values())
+        self.items[i] = feats
+        self.used += size
+        while self.used > self.budget and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.used -= sum(f.numel() * f.element_size() for f in old.values())
+        return feats
 
 
 def _npz_path(out: Path, image_id: str) -> Path:
@@ -109,7 +122,7 @@ def make_cams(cfg: MakeCamsConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         save_json(out / "config.json", {"stage": "make-cams", "config": cfg, "classifier": meta, "views": views})
-    cache = _ImageCache(ds)
+    cache = _FeatureCache(ds, net, views, input_size, device, cfg.cache_mb * 2**20)
     todo = [i for i in indices if not _npz_path(out, ds[i].image_id).is_file()]
     log.info(
         "make-cams: %d of %d images to do (%d views, method %s)", len(todo), len(indices), len(views), meta["method"]
@@ -117,17 +130,17 @@ def make_cams(cfg: MakeCamsConfig) -> Path:
     for i in _progress(todo):
         rec = ds[i]
         classes = list(rec.labels)
-        image = cache.tensor(i, device)
+        image = cache.image(i)
         h, w = image.shape[-2:]
         if not classes:
             save_npz(_npz_path(out, rec.image_id), cams=np.zeros((0, h, w), np.float16), classes=np.zeros(0, np.int16))
             continue
-        kwargs: dict = {"self_pairs": cfg.self_pairs}
+        kwargs: dict = {"self_pairs": cfg.self_pairs, "anchor_feats": cache.features(i, image)}
         if paired:
             drawn = sample_partners(labels, members, i, cfg.partners_per_class, cfg.seed)
             unique = sorted({j for js in drawn.values() for j in js})
             pos = {j: n for n, j in enumerate(unique)}
-            kwargs["partners"] = [cache.tensor(j, device) for j in unique]
+            kwargs["partner_feats"] = [cache.features(j) for j in unique]
             kwargs["partner_rows"] = {c: [pos[j] for j in js] for c, js in drawn.items()}
         cams = net.predict_cams(image, classes, views, input_size, (h, w), **kwargs)
         save_npz(

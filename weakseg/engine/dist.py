@@ -46,7 +46,8 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DDP-wrap (with SyncBatchNorm) when distributed; the model itself otherwise."""
     if not is_distributed():
         return model
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    # SyncBatchNorm needs CUDA; on CPU (gloo) each rank keeps its own statistics
+    if device.type == "cuda" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)

@@ -185,6 +185,14 @@ class CamNet(nn.Module):
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
+    def view_features(self, image: torch.Tensor, views: Sequence[View], input_size: int) -> dict[float, torch.Tensor]:
+        """Head features of ``image`` ``[1, 3, H, W]`` under each view, by scale: ``{s: [n_views_s, D, h_s, w_s]}``."""
+        return {
+            scale: self.features(torch.cat([apply_view(image, v, input_size) for v in group]))
+            for scale, group in _views_by_scale(views).items()
+        }
+
+    @torch.no_grad()
     def predict_cams(
         self,
         image: torch.Tensor,
@@ -192,13 +200,17 @@ class CamNet(nn.Module):
         views: Sequence[View],
         input_size: int,
         out_size: tuple[int, int],
+        anchor_feats: dict[float, torch.Tensor] | None = None,
         **_: Any,
     ) -> torch.Tensor:
-        """Multi-scale + flip CAMs of one image for ``classes``: ``[1, 3, H, W]`` → ``[K', *out_size]`` in [0, 1]."""
+        """Multi-scale + flip CAMs of one image for ``classes``: ``[1, 3, H, W]`` → ``[K', *out_size]`` in [0, 1].
+
+        ``anchor_feats``: the image's :meth:`view_features`, when already computed.
+        """
         maps, flips = [], []
-        for group in _views_by_scale(views).values():
-            batch = torch.cat([apply_view(image, v, input_size) for v in group])
-            cams = self.cam_maps(self.features(batch))[:, list(classes)]
+        feats = anchor_feats if anchor_feats is not None else self.view_features(image, views, input_size)
+        for scale, group in _views_by_scale(views).items():
+            cams = self.cam_maps(feats[scale])[:, list(classes)]
             maps += list(cams)
             flips += [v.flip for v in group]
         fused = fuse_views(maps, flips, (input_size, input_size))

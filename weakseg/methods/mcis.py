@@ -130,35 +130,45 @@ class MCISNet(CamNet):
         partners: Sequence[torch.Tensor] = (),
         partner_rows: dict[int, list[int]] | None = None,
         self_pairs: bool = True,
+        anchor_feats: dict[float, torch.Tensor] | None = None,
+        partner_feats: Sequence[dict[float, torch.Tensor]] | None = None,
         **_: Any,
     ) -> torch.Tensor:
         """CAMs ``[K', *out_size]`` in [0, 1] of one image (``[1, 3, H, W]``) for ``classes``.
 
         ``partners``: unique partner images (``[1, 3, H_j, W_j]`` each, any size); ``partner_rows[c]``:
         indices into ``partners`` of class c's partners (repeats allowed). Each partner is forwarded
-        once per view (its features serve every class it was drawn for).
+        once per view (its features serve every class it was drawn for). ``anchor_feats`` /
+        ``partner_feats``: the same images' features from :meth:`view_features`, computed earlier
+        (e.g. cached across images by ``make-cams``); when given, the backbone is not called.
         """
         classes = list(classes)
         grid = (input_size, input_size)
         partner_rows = partner_rows or {}
         plain, plain_f, co, co_f = [], [], [], []
-        anchor_feats: dict[View, torch.Tensor] = {}
+        view_feats: dict[View, torch.Tensor] = {}
         rows_of = [partner_rows.get(c, []) for c in classes]
-        for group in _views_by_scale(views).values():
-            imgs = [apply_view(image, v, input_size) for v in group]
-            imgs += [apply_view(p, v, input_size) for v in group for p in partners]
-            feats = self.features(torch.cat(imgs))
-            f_anchor = feats[: len(group)]
-            if partners:
-                f_part = feats[len(group) :].unflatten(0, (len(group), len(partners)))
+        n_part = len(partner_feats) if partner_feats is not None else len(partners)
+        for scale, group in _views_by_scale(views).items():
+            if anchor_feats is not None and (partner_feats is not None or not partners):
+                f_anchor = anchor_feats[scale]
+                if n_part:
+                    f_part = torch.stack([pf[scale] for pf in partner_feats], dim=1)  # type: ignore[union-attr]
+            else:
+                imgs = [apply_view(image, v, input_size) for v in group]
+                imgs += [apply_view(p, v, input_size) for v in group for p in partners]
+                feats = self.features(torch.cat(imgs))
+                f_anchor = feats[: len(group)]
+                if n_part:
+                    f_part = feats[len(group) :].unflatten(0, (len(group), len(partners)))
             plain += list(self.cam_maps(f_anchor)[:, classes])
             plain_f += [v.flip for v in group]
             for j, v in enumerate(group):
-                anchor_feats[v] = f_anchor[j : j + 1]
-                if not partners:
+                view_feats[v] = f_anchor[j : j + 1]
+                if not n_part:
                     continue
                 # the anchor's co-attended features against every partner at once
-                fa = f_anchor[j : j + 1].expand(len(partners), -1, -1, -1)
+                fa = f_anchor[j : j + 1].expand(n_part, -1, -1, -1)
                 maps = self.co_classifier(co_attend(f_part[j], fa, self.coatt.weight))  # [M, K, h, w]
                 per_class = [
                     maps[rows, c].mean(0) if rows else maps.new_zeros(maps.shape[-2:])
@@ -170,7 +180,7 @@ class MCISNet(CamNet):
         if co:
             components.append(fuse_views(co, co_f, grid))
         if self_pairs and len(views) > 1:
-            components.append(self._self_pair_cams(anchor_feats, views, classes, grid))
+            components.append(self._self_pair_cams(view_feats, views, classes, grid))
         return finish_cams(components, out_size)
 
     def _self_pair_cams(

@@ -1,0 +1,154 @@
+"""Whole-pipeline tests: `weakseg run` end to end, stage skipping, SIGKILL + resume, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from weakseg.engine.artifacts import is_done, load_npz
+
+TINY = [
+    "--synth-preset",
+    "tiny",
+    "--backbone",
+    "tiny",
+    "--cls-preset",
+    "tiny",
+    "--cls-epochs",
+    "2",
+    "--seg-arch",
+    "tiny",
+    "--seg-epochs",
+    "2",
+    "--cam-scales",
+    "1.0",
+    "--partners-per-class",
+    "1",
+    "--device",
+    "cpu",
+    "--report-images",
+    "2",
+]
+
+
+def _cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "weakseg", "run", "--out", str(out), *TINY, *extra]
+
+
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    return subprocess.run(_cmd(out, *extra), capture_output=True, text=True, env=env, timeout=600)
+
+
+def _digest(folder: Path, pattern: str) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern))}
+
+
+def _cam_arrays(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: load_npz(p)["cams"] for p in sorted(folder.glob("*.npz"))}
+
+
+def _final_outputs(out: Path) -> dict:
+    return {
+        "cams": _cam_arrays(out / "cams"),
+        "pseudo": _digest(out / "pseudo", "*.png"),
+        "seg": _digest(out / "seg", "model.safetensors"),
+        "pred": _digest(out / "eval" / "seg" / "pred", "*.png"),
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["cams"].keys() == b["cams"].keys() and a["cams"]
+    for k in a["cams"]:
+        np.testing.assert_array_equal(a["cams"][k], b["cams"][k], err_msg=k)
+    assert a["pseudo"] == b["pseudo"] and a["pseudo"]
+    assert a["seg"] == b["seg"] and a["seg"]
+    assert a["pred"] == b["pred"] and a["pred"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = _run(out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_run_writes_every_stage_and_report(reference_run):
+    out = reference_run
+    for stage in ("data", "cls", "cams", "pseudo", "seg"):
+        assert is_done(out / stage), stage
+    assert (out / "report.html").read_text().count("<img") >= 4
+    assert (out / "summary.json").is_file() and (out / "eval" / "cams.json").is_file()
+
+
+def test_rerun_skips_complete_stages(reference_run):
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in (reference_run / "cls" / "model.safetensors", next((reference_run / "cams").glob("*.npz")))
+    }
+    r = _run(reference_run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_same_seed_gives_identical_cams_and_pseudo_labels(reference_run, tmp_path):
+    r = _run(tmp_path / "again")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same(_final_outputs(reference_run), _final_outputs(tmp_path / "again"))
+
+
+def _kill_when(out: Path, ready, timeout: float = 300) -> None:
+    """Start `weakseg run`, SIGKILL it as soon as `ready(out)` is true."""
+    proc = subprocess.Popen(
+        _cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONHASHSEED="0")
+    )
+    t0 = time.time()
+    try:
+        while proc.poll() is None and time.time() - t0 < timeout:
+            if ready(out):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+STAGE_POINTS = {
+    "cls": lambda o: (o / "cls" / "state" / "train_state.json").is_file() and not is_done(o / "cls"),
+    "cams": lambda o: len(list((o / "cams").glob("*.npz"))) >= 3 and not is_done(o / "cams"),
+    "pseudo": lambda o: len(list((o / "pseudo").glob("*.png"))) >= 3 and not is_done(o / "pseudo"),
+    "seg": lambda o: (o / "seg" / "state" / "train_state.json").is_file() and not is_done(o / "seg"),
+}
+
+
+@pytest.mark.parametrize("stage", ["cams"])
+def test_sigkill_mid_stage_then_resume_matches(reference_run, tmp_path, stage):
+    _check_kill_resume(reference_run, tmp_path, [stage])
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_stage_then_resume_matches(reference_run, tmp_path):
+    _check_kill_resume(reference_run, tmp_path, list(STAGE_POINTS))
+
+
+def _check_kill_resume(reference_run: Path, tmp_path: Path, stages: list[str]) -> None:
+    out = tmp_path / "killed"
+    for stage in stages:
+        _kill_when(out, STAGE_POINTS[stage])
+        assert not is_done(out / stage), f"run finished {stage} before it could be killed"
+        leftovers = [p for p in out.rglob("*.tmp")]
+        # a temp file may be left by the kill, but it is never taken as an output
+        assert all(p.name.startswith(".") for p in leftovers)
+    r = _run(out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same(_final_outputs(reference_run), _final_outputs(out))
