@@ -47,6 +47,22 @@ def test_deeplabv3plus_encoder_gets_imagenet_weights():
     assert not torch.allclose(pretrained.net.encoder.model.bn1.running_var, torch.ones(32))
 
 
+def test_encoder_weights_from_a_user_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    src = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    path = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    for arch in ("deeplabv3plus", "largefov"):
+        model = create_segmenter(arch, 3, encoder_weights=path)
+        stem = model.net.encoder.model.conv_stem if arch == "deeplabv3plus" else model.net.backbone.net.conv_stem
+        torch.testing.assert_close(stem.weight, src.conv_stem.weight)
+    with pytest.raises(ConfigError):
+        create_segmenter("deeplabv3plus", 3, encoder_weights=tmp_path / "missing.safetensors")
+
+
 def test_segmenter_save_load_roundtrip(tmp_path):
     from weakseg.seg.models import SegmenterInfo, load_segmenter, save_segmenter
 
