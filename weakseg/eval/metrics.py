@@ -18,28 +18,28 @@ IGNORE = 255
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``int64 [C, C]`` confusion of one image; pixels with ``gt == 255`` are skipped.
+    """``int64 [C, C + 1]`` confusion of one image; pixels with ``gt == 255`` are skipped.
 
-    Predictions outside ``[0, C)`` (e.g. 255 = "unsure") count as wrong for their gt class but add
-    no false positive to any class.
+    Column ``C`` counts predictions outside ``[0, C)`` (e.g. 255 = "unsure"): a miss for the gt
+    class that adds no false positive to any class. One ``np.bincount`` over ``C × (C + 1)`` cells.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
-    gt = gt.astype(np.int64).ravel()
-    pred = pred.astype(np.int64).ravel()
+    gt = gt.ravel()
+    pred = pred.ravel()
     keep = gt != IGNORE
-    gt, pred = gt[keep], pred[keep]
-    if gt.size and gt.max() >= num_classes:
-        raise ValueError(f"ground truth has value {gt.max()} ≥ number of classes {num_classes}")
-    valid = (pred >= 0) & (pred < num_classes)
-    cm = np.bincount(num_classes * gt[valid] + pred[valid], minlength=num_classes**2)
-    cm = cm.reshape(num_classes, num_classes)
-    if not valid.all():
-        # an out-of-range prediction is a miss for its gt class: keep it in the gt row total
-        misses = np.bincount(gt[~valid], minlength=num_classes)
-        cm = np.concatenate([cm, misses[:, None]], axis=1)
-        return cm
-    return np.concatenate([cm, np.zeros((num_classes, 1), np.int64)], axis=1)
+    g = gt[keep].astype(np.int64)
+    p = pred[keep]
+    if p.dtype.kind not in "iu":
+        p = p.astype(np.int64)
+    if p.dtype.kind == "i":  # negative predictions are out of range too
+        p = np.where(p < 0, num_classes, p)
+    p = np.minimum(p, num_classes)  # stays in pred's (small) dtype
+    cols = num_classes + 1
+    counts = np.bincount(g * cols + p, minlength=num_classes * cols)
+    if counts.size > num_classes * cols or (gt.dtype.kind == "i" and g.size and g.min() < 0):
+        raise ValueError(f"ground truth has value {int(g.max())}, outside the {num_classes} classes (255 = ignore)")
+    return counts.reshape(num_classes, cols)
 
 
 @dataclass
