@@ -166,8 +166,9 @@ def test_checkpoint_mismatch_is_a_clear_error(trained, tmp_path):
         load_classifier(tmp_path / "nothing")
 
 
-def test_extra_data_not_implemented(synth_root, tmp_path):
-    with pytest.raises(ConfigError, match="not implemented"):
+def test_extra_data_folder_must_exist(synth_root, tmp_path):
+    # extra data itself is tested in test_extra.py
+    with pytest.raises(ConfigError, match="folder not found"):
         train_cls(_cls_cfg(synth_root, tmp_path / "x", "mcis", extra=("web:/x",)))
 
 

@@ -110,7 +110,7 @@ def fit(
         net.train()
         loader = make_loader(epoch)
         sums: dict[str, float] = {}
-        n = 0
+        counts: dict[str, int] = {}  # per key: a step function may log some keys only on some steps
         total = steps_per_epoch if steps_per_epoch is not None else _len_or_none(loader)
         for batch in _progress(loader, total, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress):
             set_lr(optimizer, lr_factor(step))
@@ -132,9 +132,9 @@ def fit(
             tb.scalars(values, step)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
-            n += 1
+                counts[k] = counts.get(k, 0) + 1
             step += 1
-        means = {k: v / max(n, 1) for k, v in sums.items()}
+        means = {k: v / counts[k] for k, v in sums.items()}
         if dist.is_main():
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, _fmt(means))
             save_training_state(state_dir, model, optimizer, {"epoch": epoch + 1, "step": step})
@@ -154,4 +154,4 @@ def _len_or_none(x: Iterable) -> int | None:
 
 
 def _fmt(values: dict[str, float]) -> str:
-    return " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in values.items() if math.isfinite(v))
+    return " ".join(f"{k.removeprefix('train/')}={v:.4f}" for k, v in values.items() if math.isfinite(v))

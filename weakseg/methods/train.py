@@ -1,9 +1,16 @@
 """Stage ``train-cls``: train a CAM or MCIS classifier on image-level labels.
 
 Writes into ``out``: ``config.json`` (the resolved config: stage options, preset hyper-parameters,
-class names), ``model.safetensors``, ``tb/`` (tensorboard), ``state/`` (per-epoch state for resuming
-with :func:`weakseg.engine.trainer.fit`) and ``DONE`` last. A complete folder is skipped; an
+class names, extra data), ``model.safetensors``, ``tb/`` (tensorboard), ``state/`` (per-epoch state for
+resuming with :func:`weakseg.engine.trainer.fit`) and ``DONE`` last. A complete folder is skipped; an
 interrupted one resumes from its last finished epoch.
+
+Extra data (``--extra single:DIR[:RATIO]``, ``--extra web:DIR[:RATIO]``; MCIS settings 2 and 3) is
+described in :mod:`weakseg.methods.extra`.
+
+Under torchrun, ``batch_size`` is the *global* batch: each of the ``W`` processes takes ``batch_size / W``
+items of every batch (so it must divide), and the items are seeded by their place in the epoch, so a
+run on ``W`` processes follows the single-process run (up to float rounding; see ``docs/real-size.md``).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class TrainClsConfig:
     epochs: int | None = None
     """None = the preset's"""
     batch_size: int | None = None
-    """pairs (mcis) or images (cam) per step; None = the preset's"""
+    """pairs (mcis) or images (cam) per step, over all torchrun processes together; None = the preset's"""
     input_size: int | None = None
     """side of the square training input; None = the preset's"""
     seed: int = 0
@@ -63,7 +70,14 @@ class TrainClsConfig:
     workers: int = 0
     """DataLoader worker processes"""
     extra: tuple[str, ...] = field(default_factory=tuple)
-    """extra training data (single:DIR, web:DIR); not implemented yet"""
+    """extra training data for mcis, one or more entries: single:DIR[:RATIO] (clean single-label images) or
+    web:DIR[:RATIO] (noisy web images); RATIO = extra pairs per main pair in each epoch (default 0.5)"""
+    web_warmup: int = 1
+    """web noise filter: 0-based epoch from which web pairs are scored by the co-attention classifier"""
+    web_threshold: float = 0.5
+    """web noise filter: a web pair whose query-class co-attention probability is below this is down-weighted"""
+    web_weight: float = 0.0
+    """web noise filter: weight of a down-weighted web pair (0 drops it, 1 turns the filter off)"""
 
 
 def resolve_hparams(cfg: TrainClsConfig) -> ClsHParams:
@@ -84,32 +98,75 @@ def _shard(items: list, rank: int, world: int) -> list:
     return items[rank::world]
 
 
-def _make_loader(method: Method, ds, hp: ClsHParams, cfg: TrainClsConfig):
-    from weakseg.data.pairs import PairDataset, PairSampler, collate_pairs
+def local_batch_size(batch_size: int, world: int) -> int:
+    """Each process's share of the global ``batch_size`` under ``world`` processes (must divide)."""
+    if batch_size % world:
+        lo, hi = batch_size - batch_size % world, batch_size + world - batch_size % world
+        raise ConfigError(
+            f"batch size {batch_size} (the global batch) does not split evenly over {world} processes; "
+            f"use --batch-size {lo or hi} or {hi}"
+        )
+    return batch_size // world
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Item ``k`` of ``inner`` loaded with the RNG seeded from ``(*seed, keys[k])`` (jitter independent of rank)."""
+
+    def __init__(self, inner, keys: list[int], seed: tuple[int, ...]):
+        self.inner, self.keys, self.seed = inner, keys, seed
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, k: int):
+        from weakseg.data.extra import item_seed
+
+        with item_seed(*self.seed, self.keys[k]):
+            return self.inner[k]
+
+
+def _make_loader(method: Method, ds, hp: ClsHParams, cfg: TrainClsConfig, extras: list | None = None):
+    """``(make(epoch) -> DataLoader, steps per epoch)``; this rank's share of every global batch."""
+    from weakseg.data.extra import MixedPairDataset, MixedPairSampler, collate_mixed
     from weakseg.data.transforms import LabelledImages
 
+    extras = extras or []
     rank, world = dist.rank(), dist.world_size()
+    local = local_batch_size(hp.batch_size, world)
     if method.paired:
-        sampler = PairSampler(
-            [r.labels for r in ds.records], ds.num_classes, seed=cfg.seed, rank=rank, world_size=world, even=True
+        sampler = MixedPairSampler(
+            [r.labels for r in ds.records],
+            ds.num_classes,
+            [(ex.labels, ex.spec.ratio) for ex in extras],
+            batch_size=hp.batch_size,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+            names=[f"--extra {ex.kind}:{ex.spec.root}" for ex in extras],
         )
-        n_items = len(sampler)
 
         def make(epoch: int):
-            data = PairDataset(ds, sampler.pairs(epoch), hp.input_size, hp.self_pairs, hp.jitter)
+            batches = sampler.batches(epoch)
+            refs = [r for b in batches for r in b]
+            starts = np.cumsum([0] + [len(b) for b in batches]).tolist()
+            index = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+            data = MixedPairDataset(ds, extras, refs, hp.input_size, hp.self_pairs, hp.jitter, (cfg.seed, epoch))
             return torch.utils.data.DataLoader(
-                data, batch_size=hp.batch_size, shuffle=False, num_workers=cfg.workers, collate_fn=collate_pairs
+                data, batch_sampler=index, num_workers=cfg.workers, collate_fn=collate_mixed
             )
 
-    else:
-        n_items = -(-len(ds) // world)
+        return make, len(sampler)
 
-        def make(epoch: int):
-            order = np.random.default_rng((cfg.seed, epoch)).permutation(len(ds)).tolist()
-            data = LabelledImages(ds, _shard(order, rank, world), hp.input_size, hp.jitter)
-            return torch.utils.data.DataLoader(data, batch_size=hp.batch_size, shuffle=False, num_workers=cfg.workers)
+    n_items = -(-len(ds) // world)
 
-    return make, math.ceil(n_items / hp.batch_size)
+    def make(epoch: int):
+        order = np.random.default_rng((cfg.seed, epoch)).permutation(len(ds)).tolist()
+        positions = _shard(list(range(len(ds))), rank, world)  # each item's place in the epoch seeds its jitter
+        data = LabelledImages(ds, [order[k] for k in positions], hp.input_size, hp.jitter)
+        data = _Seeded(data, positions, (cfg.seed, epoch))
+        return torch.utils.data.DataLoader(data, batch_size=local, shuffle=False, num_workers=cfg.workers)
+
+    return make, math.ceil(n_items / local)
 
 
 def _check_resume(out: Path, info: dict[str, Any]) -> None:
@@ -117,10 +174,12 @@ def _check_resume(out: Path, info: dict[str, Any]) -> None:
     if not (out / "state" / "train_state.json").is_file() or not (out / CONFIG).is_file():
         return
     old = load_json(out / CONFIG)
-    for key in ("method", "backbone", "class_names", "hparams"):
+    for key in ("method", "backbone", "class_names", "hparams", "extra"):
         a, b = old.get(key), info[key]
         if key == "hparams" and isinstance(a, dict):  # more (or fewer) epochs may continue a run
             a, b = {k: v for k, v in a.items() if k != "epochs"}, {k: v for k, v in b.items() if k != "epochs"}
+        if key == "extra":  # runs written before extra data existed had none
+            a, b = a or [], b or []
         if a != b:
             raise ConfigError(
                 f"{out} holds a partly trained classifier with another {key} ({old.get(key)!r}); "
@@ -137,9 +196,14 @@ def train_cls(cfg: TrainClsConfig) -> Path:
     if is_done(out):
         log.info("train-cls: %s is complete (DONE exists); skipping", out)
         return out
-    if cfg.extra:
-        raise ConfigError("train-cls --extra (extra single-label / web data) is not implemented yet")
+    from weakseg.data.extra import open_extra, parse_extra
+    from weakseg.methods.extra import WebFilter, extra_step
+
     method = get_method(cfg.method)
+    specs = [parse_extra(e) for e in cfg.extra]
+    if specs and not method.paired:
+        raise ConfigError(f"--extra needs a method that trains on pairs (mcis); {method.name!r} does not")
+    web = WebFilter(cfg.web_warmup, cfg.web_threshold, cfg.web_weight)
     hp = resolve_hparams(cfg)
     device = resolve_device(cfg.device)
     dist.init_distributed(device)
@@ -147,6 +211,7 @@ def train_cls(cfg: TrainClsConfig) -> Path:
     labelled = sum(1 for r in ds.records if r.labels)
     if len(ds) == 0 or labelled == 0:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no labelled images to train a classifier on")
+    extras = [open_extra(spec, ds.class_names) for spec in specs]
 
     seed_everything(cfg.seed)
     backbone = create_backbone(cfg.backbone, cfg.weights, hp.output_stride, pretrained=True)
@@ -162,7 +227,10 @@ def train_cls(cfg: TrainClsConfig) -> Path:
         "hparams": hp.to_dict(),
         "images": len(ds),
         "labelled_images": labelled,
+        "extra": [ex.describe() for ex in extras],
     }
+    if any(ex.kind == "web" for ex in extras):
+        info["web_filter"] = dataclasses.asdict(web)
     info = _roundtrip(info)
     _check_resume(out, info)
     if dist.is_main():
@@ -175,14 +243,19 @@ def train_cls(cfg: TrainClsConfig) -> Path:
         weight_decay=hp.weight_decay,
         nesterov=hp.nesterov,
     )
-    make_loader, steps = _make_loader(method, ds, hp, cfg)
+    make_loader, steps = _make_loader(method, ds, hp, cfg, extras)
     log.info(
-        "train-cls: %s on %d images (%d labelled), %d epochs × %d steps, input %d, backbone %s",
-        method.name, len(ds), labelled, hp.epochs, steps, hp.input_size, cfg.backbone,
+        "train-cls: %s on %d images (%d labelled)%s, %d epochs × %d steps, input %d, backbone %s",
+        method.name, len(ds), labelled, "".join(f" + {ex.kind} {len(ex.ds)}" for ex in extras),
+        hp.epochs, steps, hp.input_size, cfg.backbone,
     )  # fmt: skip
+    if extras:
+        step_fn = lambda m, b, e: extra_step(m, b, e, hp, web)  # noqa: E731
+    else:
+        step_fn = lambda m, b, e: method.step(m, b, e, hp)  # noqa: E731
     means = fit(
         net,
-        lambda m, b, e: method.step(m, b, e, hp),
+        step_fn,
         make_loader,
         optimizer,
         step_lr(steps, hp.lr_milestones, hp.lr_gamma),
