@@ -18,7 +18,7 @@ import numpy as np
 from weakseg.data.check import Entry, Problem, Scan, raise_errors
 from weakseg.data.dataset import Record, SegDataset
 from weakseg.data.images import IMAGE_EXTENSIONS, display_path, is_utf8_name, load_mask
-from weakseg.data.labels import CLASSES_TXT, bad_mask_values, labels_from_mask, read_classes, scan_cls_labels
+from weakseg.data.labels import CLASSES_TXT, labels_from_mask, load_checked_mask, read_classes, scan_cls_labels
 from weakseg.errors import DataError
 
 LABELS_CSV = "labels.csv"
@@ -177,11 +177,4 @@ class FolderDataset(SegDataset):
         path = self._masks[i]
         if path is None:
             return None
-        mask = load_mask(path)
-        bad = bad_mask_values(mask, self.num_classes)
-        if bad:
-            raise DataError(
-                f"mask {display_path(path)} holds values {bad[:10]} outside 0..{self.num_classes} and 255; "
-                "fix the mask or classes.txt"
-            )
-        return mask
+        return load_checked_mask(path, self.num_classes)

@@ -28,8 +28,8 @@ from weakseg.data.images import IMAGE_EXTENSIONS, display_path, load_mask
 from weakseg.data.labels import (
     CLASSES_TXT,
     CLS_LABELS,
-    bad_mask_values,
     labels_from_mask,
+    load_checked_mask,
     read_classes,
     scan_cls_labels,
     write_cls_labels,
@@ -209,14 +209,7 @@ class VOCDataset(SegDataset):
         path = self._masks[i]
         if path is None:
             return None
-        mask = load_mask(path)
-        bad = bad_mask_values(mask, self.num_classes)
-        if bad:
-            raise DataError(
-                f"mask {display_path(path)} holds values {bad[:10]} outside 0..{self.num_classes} and 255; "
-                f"fix the mask or the class list ({self.num_classes} classes)"
-            )
-        return mask
+        return load_checked_mask(path, self.num_classes)
 
 
 def _labels_of_mask(path: Path, num_classes: int) -> tuple[int, ...]:
