@@ -75,3 +75,28 @@ class SegDataset(ABC):
         for i, r in enumerate(self.records):
             m[i, list(r.labels)] = 1.0
         return m
+
+
+class MaskFileDataset(SegDataset):
+    """A dataset whose ground truth is one mask file per record (or None where an image has none)."""
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        class_names: Sequence[str],
+        records: Sequence[Record],
+        mask_paths: Sequence[Path | None],
+    ):
+        super().__init__(root, split, class_names, records)
+        self._masks = list(mask_paths)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(m is not None for m in self._masks)
+
+    def load_mask(self, i: int) -> np.ndarray | None:
+        from weakseg.data.labels import load_checked_mask
+
+        path = self._masks[i]
+        return None if path is None else load_checked_mask(path, self.num_classes)

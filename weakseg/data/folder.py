@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from weakseg.data.check import Entry, Problem, Scan, raise_errors
-from weakseg.data.dataset import Record, SegDataset
+from weakseg.data.dataset import MaskFileDataset, Record
 from weakseg.data.images import IMAGE_EXTENSIONS, display_path, is_utf8_name, load_mask
-from weakseg.data.labels import CLASSES_TXT, labels_from_mask, load_checked_mask, read_classes, scan_cls_labels
+from weakseg.data.labels import CLASSES_TXT, labels_from_mask, read_classes, scan_cls_labels
 from weakseg.errors import DataError
 
 LABELS_CSV = "labels.csv"
@@ -150,7 +148,7 @@ def scan(root: str | Path, split: str = "all") -> Scan:
     return Scan(names, entries, problems)
 
 
-class FolderDataset(SegDataset):
+class FolderDataset(MaskFileDataset):
     """A split of a plain folder dataset (see module docstring)."""
 
     def __init__(self, root: str | Path, split: str = "all"):
@@ -166,15 +164,4 @@ class FolderDataset(SegDataset):
                 except ValueError as err:
                     raise DataError(f"mask {display_path(e.mask_path)}: {err}; fix the mask or classes.txt") from None
             records.append(Record(e.image_id, e.image_path, labels))
-        super().__init__(root, split, s.class_names, records)
-        self._masks = [e.mask_path for e in s.entries]
-
-    @property
-    def has_masks(self) -> bool:
-        return any(m is not None for m in self._masks)
-
-    def load_mask(self, i: int) -> np.ndarray | None:
-        path = self._masks[i]
-        if path is None:
-            return None
-        return load_checked_mask(path, self.num_classes)
+        super().__init__(root, split, s.class_names, records, [e.mask_path for e in s.entries])

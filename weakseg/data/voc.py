@@ -20,16 +20,13 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
 from weakseg.data.check import Entry, Problem, Scan, raise_errors
-from weakseg.data.dataset import Record, SegDataset
+from weakseg.data.dataset import MaskFileDataset, Record
 from weakseg.data.images import IMAGE_EXTENSIONS, display_path, load_mask
 from weakseg.data.labels import (
     CLASSES_TXT,
     CLS_LABELS,
     labels_from_mask,
-    load_checked_mask,
     read_classes,
     scan_cls_labels,
     write_cls_labels,
@@ -177,7 +174,7 @@ def scan(root: str | Path, split: str) -> Scan:
     return Scan(names, entries, problems)
 
 
-class VOCDataset(SegDataset):
+class VOCDataset(MaskFileDataset):
     """A split of a VOC-layout dataset (VOC 2012, VOC + SBD aug, or the synthetic benchmark)."""
 
     def __init__(self, root: str | Path, split: str = "train"):
@@ -198,18 +195,7 @@ class VOCDataset(SegDataset):
                 computed,
                 root,
             )
-        super().__init__(root, split, s.class_names, records)
-        self._masks = [e.mask_path for e in s.entries]
-
-    @property
-    def has_masks(self) -> bool:
-        return any(m is not None for m in self._masks)
-
-    def load_mask(self, i: int) -> np.ndarray | None:
-        path = self._masks[i]
-        if path is None:
-            return None
-        return load_checked_mask(path, self.num_classes)
+        super().__init__(root, split, s.class_names, records, [e.mask_path for e in s.entries])
 
 
 def _labels_of_mask(path: Path, num_classes: int) -> tuple[int, ...]:
