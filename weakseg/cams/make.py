@@ -46,7 +46,7 @@ class MakeCamsConfig:
     """MCIS: add co-attention CAMs of the image paired with its own other views"""
     seed: int = 0
     device: str = "auto"
-    cache_mb: int = 1024
+    cache_mb: int = 512
     """memory for caching image features across pairs (MCIS partners recur); 0 = no cache"""
     shard: bool = True
     """under torchrun, split the images across ranks"""
