@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weakseg.engine.artifacts import is_done, load_json, mark_done, save_json
+from weakseg.engine.artifacts import is_done, mark_done, save_json
 from weakseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,19 +98,6 @@ def load_run_config(path: Path) -> dict:
     return values
 
 
-def _stage(name: str, folder: Path, timings: dict[str, float]):
-    """Context-free helper: log the stage and time it."""
-    log.info(
-        "[bold]stage %s[/bold] → %s%s",
-        name,
-        folder,
-        " (complete, skipped)" if is_done(folder) else "",
-        extra={"markup": True},
-    )
-    timings.setdefault(name, 0.0)
-    return time.perf_counter()
-
-
 def run(cfg: RunConfig) -> dict:
     """Run every stage of ``cfg`` in order; returns the summary written to ``OUT/summary.json``."""
     from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
@@ -127,7 +114,9 @@ def run(cfg: RunConfig) -> dict:
     summary: dict = {"supervision": cfg.supervision, "method": cfg.method}
 
     def timed(name: str, folder: Path, fn, *args):
-        t0 = _stage(name, folder, timings)
+        """Run one stage (which itself skips complete work), logging and timing it."""
+        log.info("stage %s → %s%s", name, folder, " (complete, skipped)" if is_done(folder) else "")
+        t0 = time.perf_counter()
         result = fn(*args)
         timings[name] = round(time.perf_counter() - t0, 2)
         return result
@@ -249,7 +238,3 @@ def _synthesize(folder: Path, preset: str, seed: int) -> Path:
     generate(SynthConfig(out=folder, seed=seed, size=preset))
     mark_done(folder, {"preset": preset, "seed": seed})
     return folder
-
-
-def read_summary(out: Path) -> dict:
-    return load_json(Path(out) / "summary.json")

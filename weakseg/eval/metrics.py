@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IGNORE = 255
+from weakseg.data.dataset import IGNORE  # the one definition of the ignore value
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
