@@ -64,6 +64,8 @@ class TrainClsConfig:
     """pairs (mcis) or images (cam) per step, over all torchrun processes together; None = the preset's"""
     input_size: int | None = None
     """side of the square training input; None = the preset's"""
+    output_stride: int | None = None
+    """backbone output stride (8 or 16); None = the preset's"""
     seed: int = 0
     device: str = "auto"
     amp: str = "off"
@@ -83,7 +85,8 @@ class TrainClsConfig:
 def resolve_hparams(cfg: TrainClsConfig) -> ClsHParams:
     """The preset's hyper-parameters with the config's overrides applied."""
     hp = get_preset(cfg.preset)
-    overrides = {k: getattr(cfg, k) for k in ("epochs", "batch_size", "input_size") if getattr(cfg, k) is not None}
+    names = ("epochs", "batch_size", "input_size", "output_stride")
+    overrides = {k: getattr(cfg, k) for k in names if getattr(cfg, k) is not None}
     hp = dataclasses.replace(hp, **overrides)
     check_hparams(hp)
     return hp

@@ -103,8 +103,9 @@ def write_report(
         _metric_row(
             f"pseudo labels ({train_split})",
             pseudo_m,
-            f"ignored pixels {100 * pseudo_m['ignored_fraction']:.1f}%"
-            if pseudo_m and pseudo_m.get("ignored_fraction") is not None
+            f"ignored pixels {100 * pseudo_m['ignored_fraction']:.1f}% (counted as background); "
+            f"mIoU of the non-ignored pixels {100 * pseudo_m['scored']['miou']:.1f}"
+            if pseudo_m and pseudo_m.get("ignored_fraction") is not None and (pseudo_m.get("scored") or {}).get("miou")
             else "",
         ),
         _metric_row(f"segmenter ({val_split})", seg_m),

@@ -1,0 +1,118 @@
+"""MCIS settings 1 / 2 / 3 on the synthetic benchmark, and the web noise rate where setting 3 stops helping.
+
+Setting 1: the main set's image-level labels only. Setting 2: plus the generator's clean single-label
+set (``extra_single``). Setting 3: plus its noisy web set (``extra_web``: a wrong query label with
+probability ``web_wrong_rate``, unlisted objects with ``web_missing_rate``, shifted appearance). Same
+backbone (EfficientNet-Lite0), preset (``cpu``), epochs and seed for every setting; extra data come at
+``RATIO`` extra pairs per main pair (``--ratio``, default 0.5), so settings 2 and 3 see 1.5x the pairs.
+``--matched-budget`` adds setting 1 trained for ``round(epochs x (1 + ratio))`` epochs, i.e. the same number
+of pairs, to separate "more data" from "more steps".
+
+Seeds are scored like the pipeline's: the classifier's plain-head CAMs at scales 1.0/0.5/1.5 + flip on the
+main train split, best background threshold (seed mIoU, %).
+
+``--noise-rates R ...`` trains setting 3 again with web sets regenerated at those wrong-label rates
+(same generator seed: the main set is byte-identical) and prints the curve.
+
+    python benchmarks/mcis_settings.py --out runs/mcis_settings --seeds 0 --noise-rates 0.5 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+
+def seed_miou(cls_dir: Path, data: Path, cams: Path, seed: int, device: str) -> float:
+    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
+    from weakseg.cams.make import MakeCamsConfig, make_cams
+
+    make_cams(
+        MakeCamsConfig(
+            cls_dir=cls_dir,
+            data=data,
+            out=cams,
+            split="train",
+            scales=(1.0, 0.5, 1.5),
+            partners_per_class=0,
+            self_pairs=False,
+            seed=seed,
+            device=device,
+        )
+    )
+    r = eval_cams(EvalCamsConfig(cams=cams, data=data, split="train", out=cams.with_suffix(".json")))
+    return 100 * r["best_miou"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/mcis_settings"))
+    ap.add_argument("--size", default="small", help="synthetic preset (small: 600 train, 300 single, 300 web)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--ratio", type=float, default=0.5, help="extra pairs per main pair and epoch")
+    ap.add_argument("--settings", nargs="+", default=["1", "2", "3"], help="any of 1, 1m (matched budget), 2, 3")
+    ap.add_argument("--matched-budget", action="store_true", help="also run setting 1m")
+    ap.add_argument("--noise-rates", type=float, nargs="*", default=[], help="web wrong-label rates for the curve")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    from weakseg.data.synthetic import SynthConfig, generate
+    from weakseg.methods.train import TrainClsConfig, train_cls
+
+    data = args.out / "data"
+    if not (data / "DONE").is_file():
+        generate(SynthConfig(out=data, size=args.size))
+        (data / "DONE").write_text("")
+    base_rate = SynthConfig().web_wrong_rate
+    settings = list(args.settings) + (["1m"] if args.matched_budget and "1m" not in args.settings else [])
+    matched = round(args.epochs * (1 + args.ratio))
+    runs: dict[str, tuple[tuple[str, ...], int]] = {
+        "1": ((), args.epochs),
+        "1m": ((), matched),
+        "2": ((f"single:{data / 'extra_single'}:{args.ratio}",), args.epochs),
+        "3": ((f"web:{data / 'extra_web'}:{args.ratio}",), args.epochs),
+    }
+    for rate in args.noise_rates:
+        web = args.out / f"web_wrong{rate:g}"
+        if not (web / "DONE").is_file():
+            generate(SynthConfig(out=web, size=args.size, n_train=0, n_val=1, n_single=0, web_wrong_rate=rate))
+            (web / "DONE").write_text("")
+        runs[f"3@{rate:g}"] = ((f"web:{web / 'extra_web'}:{args.ratio}",), args.epochs)
+        settings.append(f"3@{rate:g}")
+
+    scores: dict[str, list[float]] = {s: [] for s in settings}
+    for seed in args.seeds:
+        for name in settings:
+            extra, epochs = runs[name]
+            run = args.out / f"setting{name}_seed{seed}"
+            train_cls(
+                TrainClsConfig(
+                    data=data,
+                    out=run / "cls",
+                    method="mcis",
+                    preset="cpu",
+                    epochs=epochs,
+                    seed=seed,
+                    device=args.device,
+                    extra=extra,
+                )
+            )
+            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device))
+            print(f"seed {seed} setting {name} ({epochs} epochs): {scores[name][-1]:.2f}", flush=True)
+
+    labels = {
+        "1": f"1: image labels only ({args.epochs} epochs)",
+        "1m": f"1: image labels only, {matched} epochs (same pairs as 2/3)",
+        "2": f"2: + clean single-label images (ratio {args.ratio})",
+        "3": f"3: + noisy web images (wrong {base_rate:g}, ratio {args.ratio})",
+    }
+    print(f"\n{'setting':<58}{'seed mIoU (%)':>16}   per seed")
+    for name, v in scores.items():
+        label = labels.get(name, f"3: + web images, wrong-label rate {name.split('@')[-1]}")
+        spread = statistics.stdev(v) if len(v) > 1 else 0.0
+        print(f"{label:<58}{statistics.mean(v):>9.2f} ± {spread:<5.2f}  {', '.join(f'{x:.2f}' for x in v)}")
+
+
+if __name__ == "__main__":
+    main()
