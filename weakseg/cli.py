@@ -77,6 +77,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
     from weakseg.methods.train import TrainClsConfig, train_cls
     from weakseg.pipeline import RunConfig
     from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.refine.train_affinity import TrainAffinityConfig, train_affinity
     from weakseg.seg.predict import EvalSegConfig, PredictConfig, eval_seg, predict_images
     from weakseg.seg.train import TrainSegConfig, train_seg
     from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
@@ -86,6 +87,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "make-cams": (MakeCamsConfig, make_cams),
         "eval-cams": (EvalCamsConfig, _print_result(eval_cams)),
         "viz": (VizConfig, render_cam_grid_cmd),
+        "train-aff": (TrainAffinityConfig, train_affinity),
         "pseudo": (PseudoConfig, _print_result(make_pseudo)),
         "train-seg": (TrainSegConfig, train_seg),
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),

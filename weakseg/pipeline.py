@@ -3,7 +3,8 @@
 Stages, each writing into its own folder of the run and skipped when its ``DONE`` marker exists:
 
     data (synthetic, when no dataset is given) → cls (train classifier) → cams (make CAMs)
-    → eval/cams.json (seed mIoU, threshold sweep) → pseudo (pseudo labels) → seg (train segmenter)
+    → eval/cams.json (seed mIoU, threshold sweep) → [aff (train AffinityNet), only with refiner "rw"]
+    → pseudo (pseudo labels) → seg (train segmenter)
     → eval/seg.json (segmenter mIoU on the val split) → report.html
 
 An interrupted stage is resumed (training from its last epoch, CAMs and pseudo labels from the
@@ -65,6 +66,10 @@ class RunConfig:
     power rule 32.2). Picking it on the train split's masks is the usual WSSS practice; pass a number
     where no masks exist"""
     refiner: str = "par"
+    """pseudo-label refiner: par, crf, none, or rw (trains AffinityNet first, stage aff/; its seed thresholds
+    come from the seed sweep, see _aff_thresholds)"""
+    aff_epochs: int | None = None
+    """AffinityNet epochs with refiner rw; None = train-aff's default"""
     seg_arch: str = "deeplabv3plus"
     seg_epochs: int | None = None
     seed: int = 0
@@ -104,6 +109,7 @@ def run(cfg: RunConfig) -> dict:
     from weakseg.cams.make import MakeCamsConfig, make_cams
     from weakseg.methods.train import TrainClsConfig, train_cls
     from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.refine.train_affinity import train_affinity
     from weakseg.seg.predict import EvalSegConfig, eval_seg
     from weakseg.seg.train import TrainSegConfig, train_seg
 
@@ -164,6 +170,11 @@ def run(cfg: RunConfig) -> dict:
             ),
         )
         summary["seeds"] = {"miou": seeds["best_miou"], "threshold": seeds["best_threshold"]}
+        aff_dir = None
+        if cfg.refiner == "rw":
+            aff_cfg = _aff_config(cfg, data, cam_cfg.out, out / "aff", seeds)
+            aff_dir = timed("aff", aff_cfg.out, train_affinity, aff_cfg)
+            summary["aff"] = {"fg_threshold": aff_cfg.fg_threshold, "bg_threshold": aff_cfg.bg_threshold}
         pseudo_cfg = PseudoConfig(
             cams=cam_cfg.out,
             data=data,
@@ -172,6 +183,7 @@ def run(cfg: RunConfig) -> dict:
             split=cfg.train_split,
             background=cfg.background,
             refiner=cfg.refiner,
+            affinity=aff_dir,
             **_bg_threshold(cfg, seeds),
         )
         pseudo = timed("pseudo", pseudo_cfg.out, make_pseudo, pseudo_cfg)
@@ -228,6 +240,43 @@ def _bg_threshold(cfg: RunConfig, seeds: dict) -> dict:
     if best is None or seeds.get("best_miou") is None:
         raise ConfigError("the split has no masks to pick a background threshold from; pass --bg-threshold")
     return {"bg_threshold": round(max(0.05, float(best) - 0.1), 2)}
+
+
+def _aff_thresholds(seeds: dict) -> dict:
+    """AffinityNet seed thresholds from the seed sweep's best background threshold ``t``.
+
+    Foreground seeds where the highest CAM is at least ``t + 0.1`` and background below ``t - 0.2``
+    (clipped to [0.05, 0.95]): the band of width 0.3 around ``t`` is where the seeds are wrong most
+    often, and AffinityNet only needs confident pairs; the band is asymmetric because the CAMs cover
+    too little of the objects (low CAM values inside objects are common, high values outside rare).
+    Without masks to sweep, train-aff's defaults (0.8 / 0.5: the demo's best threshold 0.7) are used.
+    """
+    best = seeds.get("best_threshold")
+    if best is None or seeds.get("best_miou") is None:
+        log.info("no seed sweep (no masks): AffinityNet seeds use train-aff's default thresholds")
+        return {}
+    fg = round(min(0.95, float(best) + 0.1), 2)
+    bg = round(min(fg, max(0.05, float(best) - 0.2)), 2)
+    return {"fg_threshold": fg, "bg_threshold": bg}
+
+
+def _aff_config(cfg: RunConfig, data: Path, cams: Path, out: Path, seeds: dict):
+    from weakseg.refine.train_affinity import TrainAffinityConfig
+
+    epochs = {} if cfg.aff_epochs is None else {"epochs": cfg.aff_epochs}
+    return TrainAffinityConfig(
+        cams=cams,
+        data=data,
+        out=out,
+        fmt=cfg.fmt,
+        split=cfg.train_split,
+        backbone=cfg.backbone,
+        weights=cfg.weights,
+        seed=cfg.seed,
+        device=cfg.device,
+        **epochs,
+        **_aff_thresholds(seeds),
+    )
 
 
 def _synthesize(folder: Path, preset: str, seed: int) -> Path:

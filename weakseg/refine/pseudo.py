@@ -7,7 +7,10 @@ whose class is among the record's image-level labels).
 
 Per image: a background rule (:data:`BACKGROUNDS`) adds a background score and possibly an
 ignore mask; the scores are normalised per pixel, refined (:data:`REFINERS`), and the argmax is
-taken; pixels whose top-1 minus top-2 probability is below ``ignore_margin`` are ignored.
+taken; pixels whose top-1 minus top-2 probability is below ``ignore_margin`` are ignored. The ``rw``
+refiner (AffinityNet's random walk, Ahn & Kwak, CVPR 2018; :mod:`weakseg.refine.affinity`) needs a
+``train-aff`` folder (``affinity``) and propagates the raw scores (background included) before they
+are normalised, as PSA does: on the AffinityNet feature grid, then upsampled to the image.
 
 Outputs: the PNGs (atomic, existing ones kept: an interrupted run resumes), ``config.json``,
 ``metrics.json`` (pseudo-label mIoU / precision / recall against the ground truth where it exists,
@@ -66,11 +69,21 @@ class PseudoConfig:
     saliency: Path | None = None
     """folder of ``<image_id>.png`` saliency maps (0..255); given with background=power, mcis is used"""
     refiner: str = "par"
-    """par (torch pixel-adaptive refinement), crf (dense CRF, extra 'crf') or none"""
+    """par (torch pixel-adaptive refinement), crf (dense CRF, extra 'crf'), rw (AffinityNet random walk,
+    needs --affinity) or none"""
     ignore_margin: float = 0.1
     """pixels whose top-1 minus top-2 class probability is below this become 255 (0 = off)"""
     par_max_side: int = 320
     """PAR runs at most at this resolution (longer side) and is upsampled back"""
+    affinity: Path | None = None
+    """folder written by train-aff (AffinityNet); needed by the rw refiner"""
+    rw_beta: float = 8.0
+    """rw: affinities are raised to this power before the walk (PSA: 8; larger = sharper boundaries)"""
+    rw_iters: int = 256
+    """rw: random-walk steps (PSA: 2^8 = 256)"""
+    rw_max_side: int = 512
+    """rw: images are shrunk to at most this side for the walk (512 px at stride 8: <= 4096 cells, a dense
+    64 MiB transition matrix)"""
     workers: int = 0
     """processes for labelling (0 = in this process)"""
 
@@ -90,6 +103,12 @@ class PseudoConfig:
             raise ConfigError(f"--saliency is only used by the 'mcis' background rule, not {cfg.background!r}")
         if not 0 <= cfg.ignore_margin < 1:
             raise ConfigError(f"ignore_margin must lie in [0, 1), got {cfg.ignore_margin}")
+        if cfg.refiner == "rw" and cfg.affinity is None:
+            raise ConfigError("refiner 'rw' needs a trained AffinityNet: run `weakseg train-aff`, give --affinity DIR")
+        if cfg.refiner != "rw" and cfg.affinity is not None:
+            raise ConfigError(f"--affinity is only used by the 'rw' refiner, not {cfg.refiner!r}")
+        if cfg.rw_beta <= 0 or cfg.rw_iters < 0 or cfg.rw_max_side < 16:
+            raise ConfigError("need rw_beta > 0, rw_iters >= 0 and rw_max_side >= 16")
         return cfg
 
 
@@ -139,7 +158,38 @@ def _refine_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig) -> to
     return torch.from_numpy(crf_refine(image, probs.numpy()))
 
 
-REFINERS: dict[str, Refiner] = {"none": _refine_none, "par": _refine_par, "crf": _refine_crf}
+_AFFINITY_NET: dict[tuple, tuple] = {}  # the AffinityNet this process loaded (one per process, not per image)
+
+
+def _affinity_net(folder: Path) -> tuple:
+    """The (network, config) of a train-aff folder, loaded once per process."""
+    from weakseg.refine import affinity_net
+
+    model = Path(folder) / affinity_net.MODEL
+    key = (str(Path(folder).resolve()), model.stat().st_mtime_ns if model.is_file() else None)
+    if key not in _AFFINITY_NET:
+        _AFFINITY_NET.clear()
+        _AFFINITY_NET[key] = affinity_net.load_affinity_net(folder)
+    return _AFFINITY_NET[key]
+
+
+def _refine_rw(image: np.ndarray, scores: torch.Tensor, cfg: PseudoConfig) -> torch.Tensor:
+    """AffinityNet random walk of scores ``[C, H, W]`` on the feature grid (PSA), back at ``[C, H, W]``."""
+    from weakseg.refine.affinity import random_walk, transition_matrix
+    from weakseg.refine.affinity_net import affinity_features, resize_to_max_side
+
+    assert cfg.affinity is not None
+    net, meta = _affinity_net(cfg.affinity)
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    features = affinity_features(net, resize_to_max_side(img, cfg.rw_max_side))  # [D, h, w]
+    small = F.interpolate(scores[None], size=features.shape[-2:], mode="area")[0]  # PSA: average pooling
+    walked = random_walk(small, transition_matrix(features, int(meta["radius"]), cfg.rw_beta), cfg.rw_iters)
+    return F.interpolate(walked[None], size=scores.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+
+REFINERS: dict[str, Refiner] = {"none": _refine_none, "par": _refine_par, "crf": _refine_crf, "rw": _refine_rw}
+SCORE_REFINERS = frozenset({"rw"})
+"""refiners that take the raw scores (before :func:`normalise_scores`) instead of probabilities"""
 
 
 # --- one image ---------------------------------------------------------------------------------
@@ -154,16 +204,19 @@ def make_label(
 ) -> np.ndarray:
     """Pseudo label ``uint8 [H, W]`` of one image from its CAMs ``[K, H, W]`` and classes ``[K]``.
 
-    ``image`` (``uint8 [H, W, 3]``) is needed by the ``par`` and ``crf`` refiners; ``saliency``
+    ``image`` (``uint8 [H, W, 3]``) is needed by the ``par``, ``crf`` and ``rw`` refiners; ``saliency``
     (``[H, W]`` in ``[0, 1]``) by the ``mcis`` rule. ``cfg`` must be :meth:`PseudoConfig.resolved`.
     """
     cams_t = torch.as_tensor(np.asarray(cams, dtype=np.float32))
     sal = None if saliency is None else torch.as_tensor(np.asarray(saliency, dtype=np.float32))
     scores, ignore = BACKGROUNDS[cfg.background](cams_t, sal, cfg)
+    refine = cams_t.shape[0] > 0 and cfg.refiner != "none"
+    if refine and image is None:
+        raise ValueError(f"refiner {cfg.refiner!r} needs the image")
+    if refine and cfg.refiner in SCORE_REFINERS:
+        scores = REFINERS[cfg.refiner](image, scores, cfg)
     probs = normalise_scores(scores)
-    if cams_t.shape[0] > 0 and cfg.refiner != "none":
-        if image is None:
-            raise ValueError(f"refiner {cfg.refiner!r} needs the image")
+    if refine and cfg.refiner not in SCORE_REFINERS:
         probs = REFINERS[cfg.refiner](image, probs, cfg)
     uncertain = low_margin(probs, cfg.ignore_margin)
     ignore = uncertain if ignore is None else (ignore | uncertain)
@@ -270,6 +323,9 @@ def _init_worker() -> None:
 def _config_dict(cfg: PseudoConfig) -> dict:
     d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     d.pop("workers")  # does not change the output
+    if cfg.refiner != "rw":  # unused: folders made before the rw refiner existed stay valid
+        for k in ("affinity", "rw_beta", "rw_iters", "rw_max_side"):
+            d.pop(k)
     return d
 
 
@@ -297,6 +353,8 @@ def make_pseudo(cfg: PseudoConfig) -> dict:
         raise DataError(f"CAM folder {cfg.cams} does not exist; run the CAM stage first")
     if not is_done(cfg.cams):
         raise DataError(f"CAM folder {cfg.cams} has no DONE marker: the CAM stage is incomplete; rerun it")
+    if cfg.affinity is not None and not is_done(cfg.affinity):
+        raise DataError(f"AffinityNet folder {cfg.affinity} has no DONE marker: run (or finish) `weakseg train-aff`")
     ds = _open(cfg)
     class_names = segmentation_class_names(ds.class_names)
     if len(class_names) > 255:
