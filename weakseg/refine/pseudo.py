@@ -13,8 +13,10 @@ refiner (AffinityNet's random walk, Ahn & Kwak, CVPR 2018; :mod:`weakseg.refine.
 are normalised, as PSA does: on the AffinityNet feature grid, then upsampled to the image.
 
 Outputs: the PNGs (atomic, existing ones kept: an interrupted run resumes), ``config.json``,
-``metrics.json`` (pseudo-label mIoU / precision / recall against the ground truth where it exists,
-ignored pixels excluded, and the fraction of ignored pixels) and ``DONE`` last.
+``metrics.json`` (pseudo-label mIoU / precision / recall against the ground truth where it exists, and the
+fraction of ignored pixels) and ``DONE`` last. ``miou`` scores every pixel with the ignored ones counted as
+background, as IRN's ``eval_sem_seg.py`` scores its pseudo labels (Ahn et al., CVPR 2019); ``scored`` holds the
+same metrics on the non-ignored pixels only (how clean the labels the segmenter learns from are).
 """
 
 from __future__ import annotations
@@ -262,6 +264,9 @@ def _dataset(cfg: PseudoConfig):
 class _Result:
     image_id: str
     confusion: np.ndarray | None
+    """all pixels, ignored ones counted as background"""
+    confusion_scored: np.ndarray | None
+    """non-ignored pixels only"""
     ignored: int
     pixels: int
     written: bool
@@ -301,16 +306,16 @@ def _process(index: int, cfg: PseudoConfig, num_classes: int, ds=None) -> _Resul
         save_mask_png(out_path, label)
         written = True
     gt = ds.load_mask(index)
-    cm = None
+    cm = cm_scored = None
     if gt is not None:
         if gt.shape != label.shape:
             raise DataError(
                 f"pseudo label of {rec.image_id!r} is {label.shape} but its ground truth is {gt.shape}; "
                 "were the CAMs made at another size?"
             )
-        gt = np.where(label == IGNORE, IGNORE, gt).astype(np.uint8)  # pseudo-ignored pixels are not scored
-        cm = confusion(gt, label, num_classes)
-    return _Result(rec.image_id, cm, int((label == IGNORE).sum()), int(label.size), written)
+        cm = confusion(gt, np.where(label == IGNORE, 0, label).astype(np.uint8), num_classes)
+        cm_scored = confusion(np.where(label == IGNORE, IGNORE, gt).astype(np.uint8), label, num_classes)
+    return _Result(rec.image_id, cm, cm_scored, int((label == IGNORE).sum()), int(label.size), written)
 
 
 def _init_worker() -> None:
@@ -373,17 +378,20 @@ def make_pseudo(cfg: PseudoConfig) -> dict:
         results = list(_progress(map(job, indices), len(ds)))
     seconds = time.perf_counter() - t0
 
-    cm = ConfusionMatrix(class_names)
+    cm, cm_scored = ConfusionMatrix(class_names), ConfusionMatrix(class_names)
     with_gt = 0
     for r in results:
         if r.confusion is not None:
             cm.matrix += r.confusion
+            cm_scored.matrix += r.confusion_scored
             with_gt += 1
     pixels = sum(r.pixels for r in results)
     written = sum(r.written for r in results)
     metrics = cm.metrics()
+    scored = cm_scored.metrics().to_dict()
     report = {
         **metrics.to_dict(),
+        "scored": {k: scored[k] for k in ("miou", "pixel_accuracy", "mean_precision", "mean_recall")},
         "ignored_fraction": round(sum(r.ignored for r in results) / max(pixels, 1), 6),
         "num_images": len(results),
         "num_with_ground_truth": with_gt,
@@ -394,11 +402,11 @@ def make_pseudo(cfg: PseudoConfig) -> dict:
     }
     if not with_gt:
         for k in ("miou", "pixel_accuracy", "mean_precision", "mean_recall"):
-            report[k] = None
+            report[k] = report["scored"][k] = None
     save_json(out / "metrics.json", report)
     mark_done(out, {"images": len(results)})
     log.info(
-        "pseudo labels: %d images (%d written, %d kept) in %.1f s; mIoU %s, ignored %.1f%%",
+        "pseudo labels: %d images (%d written, %d kept) in %.1f s; mIoU %s (ignored → background), ignored %.1f%%",
         len(results),
         written,
         len(results) - written,
