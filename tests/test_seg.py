@@ -76,7 +76,7 @@ def test_segmenter_save_load_roundtrip(tmp_path):
 
 
 def test_train_transform_pads_masks_with_ignore():
-    from weakseg.seg.transforms import apply_joint, train_transform
+    from weakseg.data.joint_transforms import apply_joint, train_transform
 
     random.seed(0)
     torch.manual_seed(0)
@@ -95,7 +95,7 @@ def test_train_transform_pads_masks_with_ignore():
 
 
 def test_train_transform_scales_jointly():
-    from weakseg.seg.transforms import apply_joint, train_transform
+    from weakseg.data.joint_transforms import apply_joint, train_transform
 
     image = np.zeros((32, 32, 3), np.uint8)
     image[:16] = 255

@@ -131,7 +131,7 @@ class SeedTrainSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # the segmenter's joint image + mask transforms: pure torchvision, no segmenter code
-        from weakseg.seg.transforms import apply_joint
+        from weakseg.data.joint_transforms import apply_joint
 
         image = self.ds.load_image(i)
         return apply_joint(self.transform, image, self.seed(i, image.shape[:2]))
@@ -156,6 +156,7 @@ def _config_dict(cfg: TrainAffinityConfig) -> dict:
 
 def train_affinity(cfg: TrainAffinityConfig) -> Path:
     """Train (or resume, or skip when complete) an AffinityNet; returns the output folder."""
+    from weakseg.data.joint_transforms import train_transform
     from weakseg.data.registry import open_dataset
     from weakseg.engine.device import resolve_device, seed_everything
     from weakseg.engine.trainer import LoopConfig, fit, poly_lr
@@ -167,7 +168,6 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
         pair_affinity,
     )
     from weakseg.refine.affinity_net import build_affinity_net
-    from weakseg.seg.transforms import train_transform
 
     cfg.check()
     out = Path(cfg.out)

@@ -4,7 +4,7 @@ The last stage of the WSSS pipeline: a standard, fully supervised segmenter trai
 pseudo-label PNGs (255 = ignore) of :mod:`weakseg.refine.pseudo`. ``supervision="full"`` trains the
 same network on the ground-truth masks, which bounds what any pseudo labels can reach.
 
-Recipe (every knob is in :class:`TrainSegConfig`): random scale / crop / flip (:mod:`.transforms`),
+Recipe (every knob is in :class:`TrainSegConfig`): random scale / crop / flip (:mod:`weakseg.data.joint_transforms`),
 cross entropy with 255 ignored, poly learning-rate decay (power 0.9) over all steps, and AdamW
 with the decoder and head at 10x the encoder's learning rate (the DeepLab convention of a larger
 rate for the randomly initialised layers than for the ImageNet-pretrained encoder). AdamW rather
@@ -124,7 +124,7 @@ class SegTrainSet(Dataset):
         return read_mask_png(self.labels / f"{self.ds[i].image_id}.png")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from weakseg.seg.transforms import apply_joint
+        from weakseg.data.joint_transforms import apply_joint
 
         image, mask = self.ds.load_image(i), self.mask(i)
         if image.shape[:2] != mask.shape:
@@ -151,13 +151,13 @@ def _config_dict(cfg: TrainSegConfig) -> dict:
 
 def train_seg(cfg: TrainSegConfig) -> Path:
     """Train (or resume, or skip when complete) a segmenter; returns the output folder."""
+    from weakseg.data.joint_transforms import train_transform
     from weakseg.data.registry import open_dataset
     from weakseg.engine import dist
     from weakseg.engine.device import resolve_device, seed_everything
     from weakseg.engine.trainer import LoopConfig, fit, poly_lr
     from weakseg.eval.metrics import segmentation_class_names
     from weakseg.seg.models import IMAGENET, SegmenterInfo, create_segmenter
-    from weakseg.seg.transforms import train_transform
 
     cfg.check()
     out = Path(cfg.out)
