@@ -64,7 +64,7 @@ def main() -> None:
     if not (data / "DONE").is_file():
         generate(SynthConfig(out=data, size=args.size))
         (data / "DONE").write_text("")
-    base_rate = SynthConfig().web_wrong_rate
+    base_rate = SynthConfig(out=data).web_wrong_rate
     settings = list(args.settings) + (["1m"] if args.matched_budget and "1m" not in args.settings else [])
     matched = round(args.epochs * (1 + args.ratio))
     runs: dict[str, tuple[tuple[str, ...], int]] = {
