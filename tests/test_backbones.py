@@ -101,3 +101,9 @@ def test_timm_backbone_errors(tmp_path):
         create_backbone("timm:resnet10t", weights=p)
     with pytest.raises(ConfigError, match="no model"):
         create_backbone("timm:not_a_model", pretrained=False)
+
+
+def test_timm_model_without_dilation_gives_a_clear_error():
+    # timm's VGG asserts on output_stride (no dilated variant): the user must get a ConfigError naming the fix
+    with pytest.raises(ConfigError, match="does not support output_stride=8.*resnet"):
+        create_backbone("timm:vgg11", output_stride=8, pretrained=False)

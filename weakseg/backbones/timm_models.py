@@ -57,8 +57,12 @@ class TimmBackbone(Backbone):
         kwargs = {} if output_stride == 32 else {"output_stride": output_stride}
         try:
             net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-        except TypeError as e:
-            raise ConfigError(f"timm model {name!r} does not support output_stride={output_stride}: {e}") from None
+        except (TypeError, AssertionError, ValueError) as e:  # timm models reject a stride in different ways
+            raise ConfigError(
+                f"timm model {name!r} does not support output_stride={output_stride} ({type(e).__name__}: {e}); "
+                "use output stride 32, or a model family that dilates (e.g. timm:resnet101, timm:resnet50d); "
+                "timm's VGG cannot remove its last pooling as the MCIS reference does"
+            ) from None
         cfg = getattr(net, "pretrained_cfg", {}) or {}
         super().__init__(mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
         self.net = net

@@ -1,0 +1,90 @@
+"""Pseudo-label options on one run's CAMs: refiner × ignore margin → pseudo mIoU (and optionally the segmenter's).
+
+For each option, ``weakseg pseudo`` on the train split of a finished run (its ``cams/`` and data), then
+optionally ``train-seg`` + ``eval-seg`` on val with the run's segmenter defaults. The ``rw`` options train
+AffinityNet once (``train-aff``, thresholds best seed threshold + 0.1 / - 0.2, as ``weakseg run`` does).
+
+    python benchmarks/pseudo_options.py --run runs/demo --options par:0.1 par:0.05 par:0 rw:0:256 rw:0:8 [--seg]
+
+Prints: refiner, margin, ignored %, pseudo mIoU (ignored pixels counted as background), mIoU of the
+non-ignored pixels, and the segmenter's val mIoU with ``--seg``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a run folder with cams/, eval/cams.json (and data/)")
+    ap.add_argument("--data", type=Path, default=None, help="dataset root (default: RUN/data)")
+    ap.add_argument("--out", type=Path, default=None, help="default: RUN/pseudo_options")
+    ap.add_argument("--options", nargs="+", default=["par:0.1", "par:0.05", "par:0"], help="REFINER:MARGIN[:RW_STEPS]")
+    ap.add_argument("--seg", action="store_true", help="also train + evaluate a segmenter per option")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+
+    data = args.data or args.run / "data"
+    out = args.out or args.run / "pseudo_options"
+    seeds = json.loads((args.run / "eval" / "cams.json").read_text())
+    best = float(seeds["best_threshold"])
+    bg = round(max(0.05, best - 0.1), 2)
+    aff = None
+    rows = []
+    for option in args.options:
+        refiner, margin, *rest = option.split(":")
+        extra = {}
+        if refiner == "rw":
+            if aff is None:
+                from weakseg.refine.train_affinity import TrainAffinityConfig, train_affinity
+
+                aff = train_affinity(
+                    TrainAffinityConfig(
+                        cams=args.run / "cams",
+                        data=data,
+                        out=out / "aff",
+                        fg_threshold=round(min(0.95, best + 0.1), 2),
+                        bg_threshold=round(max(0.05, best - 0.2), 2),
+                        device=args.device,
+                    )
+                )
+            extra = {"affinity": aff, **({"rw_iters": int(rest[0])} if rest else {})}
+        folder = out / option.replace(":", "_")
+        m = make_pseudo(
+            PseudoConfig(
+                cams=args.run / "cams",
+                data=data,
+                out=folder,
+                background="threshold",
+                bg_threshold=bg,
+                refiner=refiner,
+                ignore_margin=float(margin),
+                **extra,
+            )
+        )
+        seg = None
+        if args.seg:
+            from weakseg.seg.predict import EvalSegConfig, eval_seg
+            from weakseg.seg.train import TrainSegConfig, train_seg
+
+            seg_dir = folder.with_name(folder.name + "_seg")
+            train_seg(TrainSegConfig(data=data, out=seg_dir, labels=folder, split="train", device=args.device))
+            seg = eval_seg(EvalSegConfig(seg_dir=seg_dir, data=data, out=seg_dir / "eval", split="val"))["miou"]
+        rows.append((option, m, seg))
+        print(f"{option}: pseudo mIoU {100 * m['miou']:.2f}", flush=True)
+    print(f"\nseeds {100 * seeds['best_miou']:.2f} at threshold {best}; background threshold {bg}")
+    print(f"{'option':<14}{'ignored %':>10}{'pseudo mIoU':>13}{'non-ignored':>13}{'segmenter':>11}")
+    for option, m, seg in rows:
+        seg_s = "-" if seg is None else f"{100 * seg:.2f}"
+        print(
+            f"{option:<14}{100 * m['ignored_fraction']:>10.1f}{100 * m['miou']:>13.2f}"
+            f"{100 * m['scored']['miou']:>13.2f}{seg_s:>11}"
+        )
+
+
+if __name__ == "__main__":
+    main()
