@@ -21,6 +21,8 @@ import os
 import statistics
 from pathlib import Path
 
+from common import seed_miou
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-seg"
 
 
@@ -35,27 +37,6 @@ def make_view(src: Path, dst: Path, image_paths: list[Path]) -> Path:
     lines = [f"images/{p.name}" for p in image_paths]
     (dst / "train.txt").write_text("\n".join(lines) + "\n")
     return dst
-
-
-def seed_miou(cls_dir: Path, data: Path, cams: Path, seed: int, device: str) -> float:
-    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
-    from weakseg.cams.make import MakeCamsConfig, make_cams
-
-    make_cams(
-        MakeCamsConfig(
-            cls_dir=cls_dir,
-            data=data,
-            out=cams,
-            split="train",
-            scales=(1.0, 0.5, 1.5),
-            partners_per_class=0,
-            self_pairs=False,
-            seed=seed,
-            device=device,
-        )
-    )
-    r = eval_cams(EvalCamsConfig(cams=cams, data=data, split="train", out=cams.with_suffix(".json")))
-    return 100 * r["best_miou"]
 
 
 def main() -> None:
@@ -111,7 +92,7 @@ def main() -> None:
                     extra=extra,
                 )
             )
-            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device))
+            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device)[0])
             print(f"seed {seed} {name}: {scores[name][-1]:.2f}", flush=True)
     print(f"\n{'experiment':<50}{'seed mIoU (%)':>16}   per seed")
     for name, v in scores.items():

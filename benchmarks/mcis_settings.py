@@ -23,26 +23,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-
-def seed_miou(cls_dir: Path, data: Path, cams: Path, seed: int, device: str) -> float:
-    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
-    from weakseg.cams.make import MakeCamsConfig, make_cams
-
-    make_cams(
-        MakeCamsConfig(
-            cls_dir=cls_dir,
-            data=data,
-            out=cams,
-            split="train",
-            scales=(1.0, 0.5, 1.5),
-            partners_per_class=0,
-            self_pairs=False,
-            seed=seed,
-            device=device,
-        )
-    )
-    r = eval_cams(EvalCamsConfig(cams=cams, data=data, split="train", out=cams.with_suffix(".json")))
-    return 100 * r["best_miou"]
+from common import seed_miou
 
 
 def main() -> None:
@@ -98,7 +79,7 @@ def main() -> None:
                     extra=extra,
                 )
             )
-            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device))
+            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device)[0])
             print(f"seed {seed} setting {name} ({epochs} epochs): {scores[name][-1]:.2f}", flush=True)
 
     labels = {

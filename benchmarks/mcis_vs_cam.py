@@ -18,6 +18,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+from common import seed_miou
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -29,8 +31,6 @@ def main() -> None:
     ap.add_argument("--no-fusion", action="store_true", help="skip the paper-fusion CAMs (3 partners + self-pairs)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
-    from weakseg.cams.make import MakeCamsConfig, make_cams
     from weakseg.methods.train import TrainClsConfig, train_cls
 
     data = args.data
@@ -58,22 +58,11 @@ def main() -> None:
                 )
             )
             cams = run / f"cams_k{partners}_sp{int(self_pairs)}"
-            make_cams(
-                MakeCamsConfig(
-                    cls_dir=run / "cls",
-                    data=data,
-                    out=cams,
-                    split="train",
-                    scales=(1.0, 0.5, 1.5),
-                    partners_per_class=partners,
-                    self_pairs=self_pairs,
-                    seed=seed,
-                    device=args.device,
-                )
+            miou, threshold = seed_miou(
+                run / "cls", data, cams, seed, args.device, partners_per_class=partners, self_pairs=self_pairs
             )
-            r = eval_cams(EvalCamsConfig(cams=cams, data=data, split="train", out=cams.with_suffix(".json")))
-            scores[name].append(100 * r["best_miou"])
-            print(f"seed {seed} {name}: {100 * r['best_miou']:.2f} (threshold {r['best_threshold']})", flush=True)
+            scores[name].append(miou)
+            print(f"seed {seed} {name}: {miou:.2f} (threshold {threshold})", flush=True)
     print(f"\n{'classifier / test-time CAMs':<48}{'seed mIoU (%)':>16}   per seed")
     for name, v in scores.items():
         spread = statistics.stdev(v) if len(v) > 1 else 0.0

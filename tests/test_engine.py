@@ -111,3 +111,36 @@ def test_fit_resume_matches_uninterrupted(tmp_path):
     resumed = _train(tmp_path / "b", 4)
     assert torch.allclose(full.weight, resumed.weight) and torch.allclose(full.bias, resumed.bias)
     assert (tmp_path / "a" / "model.safetensors").is_file()
+
+
+def test_require_complete_outputs_names_the_problem(tmp_path):
+    from weakseg.engine.artifacts import mark_done, require_complete_outputs
+    from weakseg.errors import DataError
+
+    folder = tmp_path / "pseudo"
+    with pytest.raises(DataError, match="does not exist; run the pseudo stage"):
+        require_complete_outputs(folder, ["a"], ".png", "pseudo-label", "the pseudo stage")
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="no DONE marker"):
+        require_complete_outputs(folder, ["a"], ".png", "pseudo-label", "the pseudo stage")
+    mark_done(folder)
+    require_complete_outputs(folder, ["a"], ".png", "pseudo-label", "the pseudo stage")
+    with pytest.raises(DataError, match=r"1 images have no pseudo-label file .*\['b'\]"):
+        require_complete_outputs(folder, ["a", "b"], ".png", "pseudo-label", "the pseudo stage")
+
+
+def test_config_record_drops_fields_that_do_not_change_outputs():
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from weakseg.engine.artifacts import config_record
+
+    @dataclass(frozen=True)
+    class C:
+        out: Path
+        scales: tuple[float, ...]
+        workers: int = 2
+        device: str = "cpu"
+
+    assert config_record(C(Path("x"), (1.0, 0.5))) == {"out": "x", "scales": [1.0, 0.5]}

@@ -84,6 +84,34 @@ def save_png(path: str | Path, image: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def config_record(cfg: Any, drop: tuple[str, ...] = ("workers", "device")) -> dict:
+    """A stage config as JSON-ready values, without the fields that do not change its outputs.
+
+    Stages compare this with the record of a previous run to refuse mixing outputs of two configurations.
+    """
+    d = _jsonable(cfg)
+    for k in drop:
+        d.pop(k, None)
+    return d
+
+
+def require_complete_outputs(folder: str | Path, ids: list[str], suffix: str, what: str, stage: str) -> None:
+    """Raise a DataError unless ``folder`` is a complete stage output with ``<id><suffix>`` for every id.
+
+    ``what`` names the files (e.g. "pseudo label"), ``stage`` the command that makes them.
+    """
+    from weakseg.errors import DataError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist; run {stage} first")
+    if not is_done(folder):
+        raise DataError(f"{what} folder {folder} has no DONE marker: {stage} is incomplete; rerun it")
+    missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} images have no {what} file in {folder} (e.g. {missing[:3]}); rerun {stage}")
+
+
 def mark_done(folder: str | Path, info: Mapping[str, Any] | None = None) -> Path:
     """Write the stage's completion marker (last, after every other output)."""
     return save_json(Path(folder) / DONE, dict(info or {}))

@@ -27,7 +27,7 @@ complete folder with the same configuration is skipped, another configuration is
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from weakseg.engine.artifacts import clear_done, is_done, load_json, load_npz, mark_done, save_json
+from weakseg.engine.artifacts import (
+    clear_done,
+    config_record,
+    is_done,
+    load_json,
+    load_npz,
+    mark_done,
+    require_complete_outputs,
+    save_json,
+)
 from weakseg.errors import ConfigError, DataError
 from weakseg.refine.affinity import PSA_RADIUS, seed_label
 from weakseg.refine.affinity_net import CONFIG
@@ -137,23 +146,6 @@ class SeedTrainSet(Dataset):
         return apply_joint(self.transform, image, self.seed(i, image.shape[:2]))
 
 
-def _check_cams(ds, cams: Path) -> None:
-    if not cams.is_dir():
-        raise DataError(f"CAM folder {cams} does not exist; run the CAM stage first")
-    if not is_done(cams):
-        raise DataError(f"CAM folder {cams} has no DONE marker: the CAM stage is incomplete; rerun it")
-    missing = [r.image_id for r in ds.records if not (cams / f"{r.image_id}.npz").is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} images have no CAM file in {cams} (e.g. {missing[:3]}); rerun make-cams")
-
-
-def _config_dict(cfg: TrainAffinityConfig) -> dict:
-    d = asdict(cfg)
-    for k in ("workers", "device"):  # do not change the result (beyond float noise)
-        d.pop(k)
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
 def train_affinity(cfg: TrainAffinityConfig) -> Path:
     """Train (or resume, or skip when complete) an AffinityNet; returns the output folder."""
     from weakseg.data.joint_transforms import train_transform
@@ -174,7 +166,7 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
     cfg_path = out / CONFIG
     if cfg_path.is_file():
         previous = load_json(cfg_path).get("train")
-        if previous is not None and previous != _config_dict(cfg):
+        if previous is not None and previous != config_record(cfg):
             raise ConfigError(
                 f"{out} holds an AffinityNet trained with another configuration; delete it or choose another --out"
             )
@@ -184,7 +176,7 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
     ds = open_dataset(cfg.data, split=cfg.split, fmt=cfg.fmt)
     if len(ds) == 0:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no images")
-    _check_cams(ds, Path(cfg.cams))
+    require_complete_outputs(cfg.cams, [r.image_id for r in ds.records], ".npz", "CAM", "make-cams")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model = build_affinity_net(cfg.backbone, cfg.output_stride, cfg.dim, cfg.weights, cfg.pretrained)
@@ -195,7 +187,7 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
         "output_stride": cfg.output_stride,
         "dim": cfg.dim,
         "radius": cfg.radius,
-        "train": _config_dict(cfg),
+        "train": config_record(cfg),
     }
     save_json(cfg_path, meta)
 

@@ -22,7 +22,7 @@ Outputs: ``out/model.safetensors``, ``out/config.json`` (architecture, classes a
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from weakseg.data.dataset import IGNORE
-from weakseg.engine.artifacts import clear_done, is_done, load_json, mark_done, save_json
+from weakseg.engine.artifacts import (
+    clear_done,
+    config_record,
+    is_done,
+    load_json,
+    mark_done,
+    require_complete_outputs,
+    save_json,
+)
 from weakseg.errors import ConfigError, DataError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -132,23 +140,6 @@ class SegTrainSet(Dataset):
         return apply_joint(self.transform, image, mask)
 
 
-def _check_labels(ds, labels: Path) -> None:
-    if not labels.is_dir():
-        raise DataError(f"pseudo-label folder {labels} does not exist; run the pseudo stage first")
-    if not is_done(labels):
-        raise DataError(f"pseudo-label folder {labels} has no DONE marker: the pseudo stage is incomplete")
-    missing = [r.image_id for r in ds.records if not (labels / f"{r.image_id}.png").is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} images have no pseudo label in {labels} (e.g. {missing[:3]})")
-
-
-def _config_dict(cfg: TrainSegConfig) -> dict:
-    d = asdict(cfg)
-    for k in ("workers", "device"):  # do not change the result (beyond float noise)
-        d.pop(k)
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
 def train_seg(cfg: TrainSegConfig) -> Path:
     """Train (or resume, or skip when complete) a segmenter; returns the output folder."""
     from weakseg.data.joint_transforms import train_transform
@@ -164,7 +155,7 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         previous = load_json(cfg_path).get("train")
-        if previous is not None and previous != _config_dict(cfg):
+        if previous is not None and previous != config_record(cfg):
             raise ConfigError(
                 f"{out} holds a segmenter trained with another configuration; delete it or choose another --out"
             )
@@ -177,7 +168,7 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     labels = None
     if cfg.supervision == "pseudo":
         labels = Path(cfg.labels)  # type: ignore[arg-type]
-        _check_labels(ds, labels)
+        require_complete_outputs(labels, [r.image_id for r in ds.records], ".png", "pseudo-label", "the pseudo stage")
     device = resolve_device(cfg.device)
     dist.init_distributed(device)
     seed_everything(cfg.seed)
@@ -189,7 +180,7 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     if dist.is_main():
         clear_done(out)
         save_json(cfg_path, {"arch": info.arch, "num_classes": info.num_classes, "class_names": list(class_names),
-                             "train": _config_dict(cfg)})  # fmt: skip
+                             "train": config_record(cfg)})  # fmt: skip
 
     train_set = SegTrainSet(ds, labels, train_transform(cfg.crop, tuple(cfg.scale_range)))
     batch_size = min(cfg.batch_size, len(train_set))
