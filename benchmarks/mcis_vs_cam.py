@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--size", default="small", help="synthetic preset generated when no --data is given")
     ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (default: the preset's)")
     ap.add_argument("--no-fusion", action="store_true", help="skip the paper-fusion CAMs (3 partners + self-pairs)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -54,7 +55,13 @@ def main() -> None:
             run = args.out / f"{method}_seed{seed}"
             train_cls(
                 TrainClsConfig(
-                    data=data, out=run / "cls", method=method, preset=args.preset, seed=seed, device=args.device
+                    data=data,
+                    out=run / "cls",
+                    method=method,
+                    preset=args.preset,
+                    seed=seed,
+                    device=args.device,
+                    grad_clip=args.grad_clip,
                 )
             )
             cams = run / f"cams_k{partners}_sp{int(self_pairs)}"

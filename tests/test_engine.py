@@ -144,3 +144,27 @@ def test_config_record_drops_fields_that_do_not_change_outputs():
         device: str = "cpu"
 
     assert config_record(C(Path("x"), (1.0, 0.5))) == {"out": "x", "scales": [1.0, 0.5]}
+
+
+def test_fit_logs_the_gradient_norm_and_clips_it(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    data = [(torch.randn(4, 3) * 100, torch.randn(4, 1))]  # huge inputs -> huge gradients
+
+    def step(net, batch, epoch):
+        x, y = batch
+        return {"loss": ((net(x) - y) ** 2).mean()}
+
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    fit(model, step, lambda e: data, opt, lambda s: 1.0, LoopConfig(epochs=1, grad_clip=0.5, progress=False),
+        tmp_path / "run", torch.device("cpu"), log_dir=tmp_path / "tb")  # fmt: skip
+    # one SGD step at lr 1 with the gradient clipped to norm 0.5 moves the parameters by at most 0.5
+    moved = torch.cat([(model.weight - before).flatten()]).norm()
+    assert moved <= 0.5 + 1e-5
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    logged = ea.Scalars("train/grad_norm")[0].value
+    assert logged > 100  # the norm before clipping is what is logged

@@ -122,12 +122,14 @@ def fit(
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower the lr")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # the gradient norm is logged on every step (a diverging run shows up there first); clipped when asked
+            scaler.unscale_(optimizer)
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             scaler.step(optimizer)
             scaler.update()
             values = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+            values["train/grad_norm"] = float(grad_norm)
             values["train/lr"] = optimizer.param_groups[0]["lr"]
             tb.scalars(values, step)
             for k, v in values.items():

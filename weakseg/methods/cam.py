@@ -57,6 +57,8 @@ class ClsHParams:
     jitter: Jitter = field(default_factory=Jitter)
     freeze_bn: bool = True
     """keep the backbone's BatchNorm statistics fixed (batches of 5 pairs are too small to estimate them)"""
+    grad_clip: float = 0.0
+    """clip the total gradient norm to this (0 = off, as the reference); the norm is logged as train/grad_norm"""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,3 +242,5 @@ def check_hparams(hp: ClsHParams) -> None:
         raise ConfigError(f"input_size {hp.input_size} / output_stride {hp.output_stride} not supported")
     if hp.epochs < 1 or hp.batch_size < 1:
         raise ConfigError("epochs and batch_size must be at least 1")
+    if hp.grad_clip < 0:
+        raise ConfigError(f"grad_clip must be >= 0 (0 = off), got {hp.grad_clip}")

@@ -66,6 +66,8 @@ class TrainClsConfig:
     """side of the square training input; None = the preset's"""
     output_stride: int | None = None
     """backbone output stride (8 or 16); None = the preset's"""
+    grad_clip: float | None = None
+    """clip the total gradient norm (0 = off); None = the preset's"""
     seed: int = 0
     device: str = "auto"
     amp: str = "off"
@@ -85,7 +87,7 @@ class TrainClsConfig:
 def resolve_hparams(cfg: TrainClsConfig) -> ClsHParams:
     """The preset's hyper-parameters with the config's overrides applied."""
     hp = get_preset(cfg.preset)
-    names = ("epochs", "batch_size", "input_size", "output_stride")
+    names = ("epochs", "batch_size", "input_size", "output_stride", "grad_clip")
     overrides = {k: getattr(cfg, k) for k in names if getattr(cfg, k) is not None}
     hp = dataclasses.replace(hp, **overrides)
     check_hparams(hp)
@@ -262,7 +264,7 @@ def train_cls(cfg: TrainClsConfig) -> Path:
         make_loader,
         optimizer,
         step_lr(steps, hp.lr_milestones, hp.lr_gamma),
-        LoopConfig(epochs=hp.epochs, seed=cfg.seed, amp=cfg.amp),
+        LoopConfig(epochs=hp.epochs, seed=cfg.seed, amp=cfg.amp, grad_clip=hp.grad_clip),
         out,
         device,
         log_dir=out / "tb",
