@@ -95,6 +95,24 @@ def config_record(cfg: Any, drop: tuple[str, ...] = ("workers", "device")) -> di
     return d
 
 
+def trained_and_complete(out: str | Path, record: dict, what: str) -> bool:
+    """True when ``out`` already holds a complete training run of this configuration (skip it).
+
+    ``record`` is :func:`config_record` of the stage config; it is compared with the ``train`` entry of
+    ``out/config.json``. A different one raises a ConfigError (outputs of two configurations never mix);
+    an incomplete run of the same one returns False (resume it).
+    """
+    from weakseg.errors import ConfigError
+
+    cfg_path = Path(out) / "config.json"
+    if not cfg_path.is_file():
+        return False
+    previous = load_json(cfg_path).get("train")
+    if previous is not None and previous != record:
+        raise ConfigError(f"{out} holds {what} trained with another configuration; delete it or choose another --out")
+    return is_done(out)
+
+
 def require_complete_outputs(folder: str | Path, ids: list[str], suffix: str, what: str, stage: str) -> None:
     """Raise a DataError unless ``folder`` is a complete stage output with ``<id><suffix>`` for every id.
 

@@ -38,16 +38,14 @@ from torch.utils.data import DataLoader, Dataset
 from weakseg.engine.artifacts import (
     clear_done,
     config_record,
-    is_done,
-    load_json,
     load_npz,
     mark_done,
     require_complete_outputs,
     save_json,
+    trained_and_complete,
 )
 from weakseg.errors import ConfigError, DataError
 from weakseg.refine.affinity import PSA_RADIUS, seed_label
-from weakseg.refine.affinity_net import CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +161,9 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
 
     cfg.check()
     out = Path(cfg.out)
-    cfg_path = out / CONFIG
-    if cfg_path.is_file():
-        previous = load_json(cfg_path).get("train")
-        if previous is not None and previous != config_record(cfg):
-            raise ConfigError(
-                f"{out} holds an AffinityNet trained with another configuration; delete it or choose another --out"
-            )
-        if is_done(out):
-            log.info("AffinityNet in %s is complete; skipping", out)
-            return out
+    if trained_and_complete(out, config_record(cfg), "an AffinityNet"):
+        log.info("AffinityNet in %s is complete; skipping", out)
+        return out
     ds = open_dataset(cfg.data, split=cfg.split, fmt=cfg.fmt)
     if len(ds) == 0:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no images")
@@ -189,7 +180,7 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
         "radius": cfg.radius,
         "train": config_record(cfg),
     }
-    save_json(cfg_path, meta)
+    save_json(out / "config.json", meta)
 
     train_set = SeedTrainSet(
         ds, Path(cfg.cams), cfg.fg_threshold, cfg.bg_threshold, train_transform(cfg.crop, tuple(cfg.scale_range))

@@ -34,11 +34,10 @@ from weakseg.data.dataset import IGNORE
 from weakseg.engine.artifacts import (
     clear_done,
     config_record,
-    is_done,
-    load_json,
     mark_done,
     require_complete_outputs,
     save_json,
+    trained_and_complete,
 )
 from weakseg.errors import ConfigError, DataError, unknown_name
 
@@ -152,16 +151,9 @@ def train_seg(cfg: TrainSegConfig) -> Path:
 
     cfg.check()
     out = Path(cfg.out)
-    cfg_path = out / "config.json"
-    if cfg_path.is_file():
-        previous = load_json(cfg_path).get("train")
-        if previous is not None and previous != config_record(cfg):
-            raise ConfigError(
-                f"{out} holds a segmenter trained with another configuration; delete it or choose another --out"
-            )
-        if is_done(out):
-            log.info("segmenter in %s is complete; skipping", out)
-            return out
+    if trained_and_complete(out, config_record(cfg), "a segmenter"):
+        log.info("segmenter in %s is complete; skipping", out)
+        return out
     ds = open_dataset(cfg.data, split=cfg.split, fmt=cfg.fmt)
     if len(ds) == 0:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no images")
@@ -179,8 +171,8 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     info = SegmenterInfo(cfg.arch, len(class_names), class_names)
     if dist.is_main():
         clear_done(out)
-        save_json(cfg_path, {"arch": info.arch, "num_classes": info.num_classes, "class_names": list(class_names),
-                             "train": config_record(cfg)})  # fmt: skip
+        record = {"arch": info.arch, "num_classes": info.num_classes, "class_names": list(class_names)}
+        save_json(out / "config.json", {**record, "train": config_record(cfg)})
 
     train_set = SegTrainSet(ds, labels, train_transform(cfg.crop, tuple(cfg.scale_range)))
     batch_size = min(cfg.batch_size, len(train_set))
