@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared/data/coco128-seg"
 
@@ -32,3 +33,15 @@ def coco128_root() -> Path:
     if not (COCO128 / "images").is_dir():
         pytest.skip(f"{COCO128} not present")
     return COCO128
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small inputs: one torch thread is as fast, and two stall each other on a busy 2-core machine.
+
+    Modules of small-tensor tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

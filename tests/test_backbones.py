@@ -9,14 +9,7 @@ from safetensors.torch import save_file
 from weakseg.backbones import BACKBONES, create_backbone, load_efficientnet_lite_weights
 from weakseg.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs: one thread is as fast, and two stall each other on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("stride", [8, 16])

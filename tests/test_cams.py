@@ -17,14 +17,7 @@ from weakseg.engine.artifacts import is_done, load_json, load_npz
 from weakseg.errors import ConfigError
 from weakseg.methods.train import TrainClsConfig, load_classifier, train_cls
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and two stall each other on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_normalize_cams_by_hand():

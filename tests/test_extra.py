@@ -28,12 +28,7 @@ from weakseg.methods.train import TrainClsConfig, local_batch_size, train_cls
 NAMES = ("disc", "triangle", "ring", "cross", "star", "square", "ellipse", "arrow", "crescent", "hexagon")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _folder_set(root: Path, names, labels: dict[str, tuple[int, ...]]) -> Path:

@@ -17,13 +17,7 @@ K = 5
 HP = dataclasses.replace(get_preset("tiny"), input_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and two stall each other on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(cls=MCISNet, hp=HP, stride=8) -> CamNet:
