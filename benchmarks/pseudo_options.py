@@ -26,13 +26,13 @@ def main() -> None:
     ap.add_argument("--seg", action="store_true", help="also train + evaluate a segmenter per option")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    from weakseg.pipeline import aff_thresholds, background_threshold
     from weakseg.refine.pseudo import PseudoConfig, make_pseudo
 
     data = args.data or args.run / "data"
     out = args.out or args.run / "pseudo_options"
     seeds = json.loads((args.run / "eval" / "cams.json").read_text())
-    best = float(seeds["best_threshold"])
-    bg = round(max(0.05, best - 0.1), 2)
+    bg = background_threshold(seeds)
     aff = None
     rows = []
     for option in args.options:
@@ -47,8 +47,7 @@ def main() -> None:
                         cams=args.run / "cams",
                         data=data,
                         out=out / "aff",
-                        fg_threshold=round(min(0.95, best + 0.1), 2),
-                        bg_threshold=round(max(0.05, best - 0.2), 2),
+                        **aff_thresholds(seeds),
                         device=args.device,
                     )
                 )
@@ -76,7 +75,7 @@ def main() -> None:
             seg = eval_seg(EvalSegConfig(seg_dir=seg_dir, data=data, out=seg_dir / "eval", split="val"))["miou"]
         rows.append((option, m, seg))
         print(f"{option}: pseudo mIoU {100 * m['miou']:.2f}", flush=True)
-    print(f"\nseeds {100 * seeds['best_miou']:.2f} at threshold {best}; background threshold {bg}")
+    print(f"\nseeds {100 * seeds['best_miou']:.2f} at threshold {seeds['best_threshold']}; background threshold {bg}")
     print(f"{'option':<14}{'ignored %':>10}{'pseudo mIoU':>13}{'non-ignored':>13}{'segmenter':>11}")
     for option, m, seg in rows:
         seg_s = "-" if seg is None else f"{100 * seg:.2f}"

@@ -75,7 +75,7 @@ class RunConfig:
     51.26 on val; 0.05 → 15.0 %, 51.7, segmenter 51.75; 0 → 52.8 (segmenter not measured)"""
     refiner: str = "par"
     """pseudo-label refiner: par, crf, none, or rw (trains AffinityNet first, stage aff/; its seed thresholds
-    come from the seed sweep, see _aff_thresholds)"""
+    come from the seed sweep, see aff_thresholds)"""
     aff_epochs: int | None = None
     """AffinityNet epochs with refiner rw; None = train-aff's default"""
     seg_arch: str = "deeplabv3plus"
@@ -250,13 +250,18 @@ def _bg_threshold(cfg: RunConfig, seeds: dict) -> dict:
         return {}
     if cfg.bg_threshold is not None:
         return {"bg_threshold": cfg.bg_threshold}
+    return {"bg_threshold": background_threshold(seeds)}
+
+
+def background_threshold(seeds: dict) -> float:
+    """The pseudo labels' background threshold: the seed sweep's best threshold minus 0.1 (at least 0.05)."""
     best = seeds.get("best_threshold")
     if best is None or seeds.get("best_miou") is None:
         raise ConfigError("the split has no masks to pick a background threshold from; pass --bg-threshold")
-    return {"bg_threshold": round(max(0.05, float(best) - 0.1), 2)}
+    return round(max(0.05, float(best) - 0.1), 2)
 
 
-def _aff_thresholds(seeds: dict) -> dict:
+def aff_thresholds(seeds: dict) -> dict:
     """AffinityNet seed thresholds from the seed sweep's best background threshold ``t``.
 
     Foreground seeds where the highest CAM is at least ``t + 0.1`` and background below ``t - 0.2``
@@ -289,7 +294,7 @@ def _aff_config(cfg: RunConfig, data: Path, cams: Path, out: Path, seeds: dict):
         seed=cfg.seed,
         device=cfg.device,
         **epochs,
-        **_aff_thresholds(seeds),
+        **aff_thresholds(seeds),
     )
 
 
