@@ -34,3 +34,43 @@ def seed_miou(
     )
     r = eval_cams(EvalCamsConfig(cams=cams, data=data, split="train", out=cams.with_suffix(".json")))
     return 100 * r["best_miou"], r["best_threshold"]
+
+
+def training_log(tb_dir: Path, clip: float = 0.0) -> dict:
+    """Gradient-norm and loss summary read back from a training run's tensorboard log.
+
+    ``max_grad_norm``, ``clipped_steps`` (norms above ``clip``, when ``clip`` > 0), ``steps`` and the mean
+    of the last 20 logged ``train/loss`` values: enough to tell a diverged run from a healthy one.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()["scalars"]
+    out: dict = {}
+    if "train/grad_norm" in tags:
+        norms = [e.value for e in ea.Scalars("train/grad_norm")]
+        out["steps"] = len(norms)
+        out["max_grad_norm"] = max(norms)
+        if clip > 0:
+            out["clipped_steps"] = sum(n > clip for n in norms)
+    if "train/loss" in tags:
+        loss = [e.value for e in ea.Scalars("train/loss")]
+        out["final_loss"] = sum(loss[-20:]) / len(loss[-20:])
+    return out
+
+
+def load_results(out: Path, pattern: str) -> list[dict]:
+    """Every ``result.json`` under ``out`` matching ``pattern`` (a glob relative to ``out``), sorted by path."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(out.glob(pattern))]
+
+
+def save_result(path: Path, result: dict) -> None:
+    """Write one run's result atomically (a benchmark re-run skips runs that have one)."""
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)

@@ -14,16 +14,21 @@ main train split, best background threshold (seed mIoU, %).
 ``--noise-rates R ...`` trains setting 3 again with web sets regenerated at those wrong-label rates
 (same generator seed: the main set is byte-identical) and prints the curve.
 
-    python benchmarks/mcis_settings.py --out runs/mcis_settings --seeds 0 --noise-rates 0.5 0.8
+Each (setting, seed) run writes ``OUT/setting<name>_seed<seed>/result.json`` and is skipped when that
+exists, so runs can be spread over processes (``--generate-only`` first, then ``--settings 2 --seeds 1``
+per process) and summarised afterwards (``--summary-only``).
+
+    python benchmarks/mcis_settings.py --out runs/mcis_settings --seeds 0 1 2 --matched-budget --noise-rates 0.5 0.8
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
-from common import seed_miou
+from common import load_results, save_result, seed_miou, training_log
 
 
 def main() -> None:
@@ -37,17 +42,21 @@ def main() -> None:
     ap.add_argument("--matched-budget", action="store_true", help="also run setting 1m")
     ap.add_argument("--noise-rates", type=float, nargs="*", default=[], help="web wrong-label rates for the curve")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0, help="data-loading processes per training")
+    ap.add_argument("--generate-only", action="store_true", help="write the synthetic data (and web sets) and stop")
+    ap.add_argument("--summary-only", action="store_true", help="print the table of the runs already done")
     args = ap.parse_args()
     from weakseg.data.synthetic import SynthConfig, generate
-    from weakseg.methods.train import TrainClsConfig, train_cls
 
     data = args.out / "data"
+    base_rate = SynthConfig(out=data).web_wrong_rate
+    matched = round(args.epochs * (1 + args.ratio))
+    if args.summary_only:
+        return summarise(args.out, base_rate, args.ratio)
     if not (data / "DONE").is_file():
         generate(SynthConfig(out=data, size=args.size))
         (data / "DONE").write_text("")
-    base_rate = SynthConfig(out=data).web_wrong_rate
     settings = list(args.settings) + (["1m"] if args.matched_budget and "1m" not in args.settings else [])
-    matched = round(args.epochs * (1 + args.ratio))
     runs: dict[str, tuple[tuple[str, ...], int]] = {
         "1": ((), args.epochs),
         "1m": ((), matched),
@@ -60,13 +69,20 @@ def main() -> None:
             generate(SynthConfig(out=web, size=args.size, n_train=0, n_val=1, n_single=0, web_wrong_rate=rate))
             (web / "DONE").write_text("")
         runs[f"3@{rate:g}"] = ((f"web:{web / 'extra_web'}:{args.ratio}",), args.epochs)
-        settings.append(f"3@{rate:g}")
+        if f"3@{rate:g}" not in settings:
+            settings.append(f"3@{rate:g}")
+    if args.generate_only:
+        return None
 
-    scores: dict[str, list[float]] = {s: [] for s in settings}
+    from weakseg.methods.train import TrainClsConfig, train_cls
+
     for seed in args.seeds:
         for name in settings:
-            extra, epochs = runs[name]
             run = args.out / f"setting{name}_seed{seed}"
+            if (run / "result.json").is_file():
+                continue
+            extra, epochs = runs[name]
+            t0 = time.perf_counter()
             train_cls(
                 TrainClsConfig(
                     data=data,
@@ -77,22 +93,38 @@ def main() -> None:
                     seed=seed,
                     device=args.device,
                     extra=extra,
+                    workers=args.workers,
                 )
             )
-            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device)[0])
-            print(f"seed {seed} setting {name} ({epochs} epochs): {scores[name][-1]:.2f}", flush=True)
+            miou = seed_miou(run / "cls", data, run / "cams", seed, args.device)[0]
+            result = {"setting": name, "seed": seed, "epochs": epochs, "miou": miou}
+            result |= training_log(run / "cls" / "tb") | {"total_s": round(time.perf_counter() - t0, 1)}
+            save_result(run / "result.json", result)
+            print(f"seed {seed} setting {name} ({epochs} epochs): {miou:.2f}", flush=True)
+    summarise(args.out, base_rate, args.ratio)
 
-    labels = {
-        "1": f"1: image labels only ({args.epochs} epochs)",
-        "1m": f"1: image labels only, {matched} epochs (same pairs as 2/3)",
-        "2": f"2: + clean single-label images (ratio {args.ratio})",
-        "3": f"3: + noisy web images (wrong {base_rate:g}, ratio {args.ratio})",
-    }
+
+def summarise(out: Path, base_rate: float, ratio: float) -> None:
+    results = load_results(out, "setting*_seed*/result.json")
+
+    def order(name: str) -> tuple[str, float]:
+        return name.split("@")[0], float(name.split("@")[1]) if "@" in name else -1.0
+
+    names = sorted({r["setting"] for r in results}, key=order)
     print(f"\n{'setting':<58}{'seed mIoU (%)':>16}   per seed")
-    for name, v in scores.items():
-        label = labels.get(name, f"3: + web images, wrong-label rate {name.split('@')[-1]}")
+    for name in names:
+        rows = sorted((r["seed"], r["miou"], r["epochs"]) for r in results if r["setting"] == name)
+        epochs = rows[0][2]
+        label = {
+            "1": f"1: image labels only ({epochs} epochs)",
+            "1m": f"1: image labels only, {epochs} epochs (same pairs as 2/3)",
+            "2": f"2: + clean single-label images (ratio {ratio})",
+            "3": f"3: + noisy web images (wrong {base_rate:g}, ratio {ratio})",
+        }.get(name, f"3: + web images, wrong-label rate {name.split('@')[-1]}")
+        v = [m for _, m, _ in rows]
         spread = statistics.stdev(v) if len(v) > 1 else 0.0
-        print(f"{label:<58}{statistics.mean(v):>9.2f} ± {spread:<5.2f}  {', '.join(f'{x:.2f}' for x in v)}")
+        seeds = ", ".join(f"{m:.2f} (seed {s})" for s, m, _ in rows)
+        print(f"{label:<58}{statistics.mean(v):>9.2f} ± {spread:<5.2f}  {seeds}")
 
 
 if __name__ == "__main__":

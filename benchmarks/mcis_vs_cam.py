@@ -6,34 +6,105 @@ preset), make CAMs of the train split at scales (1.0, 0.5, 1.5) + flip, and scor
 its plain-head CAMs, and the paper's test-time fusion (plain + co-attention CAMs of 3 partners per
 class + self-pairs). Prints mean ± sample standard deviation over seeds.
 
-    python benchmarks/mcis_vs_cam.py --data DIR --out runs/mcis_vs_cam --seeds 0 1 2
-    (default --data: the synthetic preset --size (small), generated into OUT/data)
+Each (method, seed) run writes ``OUT/<method>_seed<seed>/result.json`` (seed mIoUs, thresholds, the
+gradient-norm summary of its training) and is skipped when that exists, so runs can be spread over
+processes (``--methods mcis --seeds 1``) and summarised afterwards (``--summary-only``).
 
-On 2 CPU cores one seed takes about 15 minutes (MCIS training dominates).
+    python benchmarks/mcis_vs_cam.py --size default --out runs/mcis_vs_cam --seeds 0 1 2
+    (default --data: the synthetic preset --size, generated into OUT/data)
+
+On 2 CPU cores one seed at ``small`` size takes about 15 minutes (MCIS training dominates).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
-from common import seed_miou
+from common import load_results, save_result, seed_miou, training_log
+
+VARIANTS = {
+    "plain CAM": ("cam", "plain"),
+    "MCIS, plain-head CAMs": ("mcis", "plain"),
+    "MCIS, paper fusion (3 partners + self-pairs)": ("mcis", "fusion"),
+}
+
+
+def run_one(args, data: Path, method: str, seed: int) -> dict:
+    from weakseg.methods.train import TrainClsConfig, resolve_hparams, train_cls
+
+    run = args.out / f"{method}_seed{seed}"
+    t0 = time.perf_counter()
+    cfg = TrainClsConfig(
+        data=data,
+        out=run / "cls",
+        method=method,
+        preset=args.preset,
+        seed=seed,
+        device=args.device,
+        grad_clip=args.grad_clip,
+        workers=args.workers,
+    )
+    train_cls(cfg)
+    result: dict = {"method": method, "seed": seed, "train_s": round(time.perf_counter() - t0, 1)}
+    result |= training_log(run / "cls" / "tb", resolve_hparams(cfg).grad_clip)
+    kinds = ["plain"] + (["fusion"] if method == "mcis" and not args.no_fusion else [])
+    for kind in kinds:
+        partners, self_pairs = (3, True) if kind == "fusion" else (0, False)
+        miou, threshold = seed_miou(
+            run / "cls",
+            data,
+            run / f"cams_{kind}",
+            seed,
+            args.device,
+            partners_per_class=partners,
+            self_pairs=self_pairs,
+        )
+        result[kind] = {"miou": miou, "threshold": threshold}
+        print(f"seed {seed} {method} {kind}: {miou:.2f} (threshold {threshold})", flush=True)
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    save_result(run / "result.json", result)
+    return result
+
+
+def summarise(out: Path) -> None:
+    results = load_results(out, "*_seed*/result.json")
+    print(f"\n{'classifier / test-time CAMs':<48}{'seed mIoU (%)':>16}   per seed")
+    for name, (method, kind) in VARIANTS.items():
+        rows = sorted((r["seed"], r[kind]["miou"]) for r in results if r["method"] == method and kind in r)
+        if not rows:
+            continue
+        v = [m for _, m in rows]
+        spread = statistics.stdev(v) if len(v) > 1 else 0.0
+        seeds = ", ".join(f"{m:.2f} (seed {s})" for s, m in rows)
+        print(f"{name:<48}{statistics.mean(v):>9.2f} ± {spread:<5.2f}  {seeds}")
+    for r in results:
+        norms = f"max grad norm {r['max_grad_norm']:.1f}" if "max_grad_norm" in r else "no grad-norm log"
+        clipped = f", {r['clipped_steps']} clipped" if "clipped_steps" in r else ""
+        loss = r.get("final_loss", float("nan"))
+        times = f"train {r['train_s']:.0f} s, total {r['total_s']:.0f} s"
+        print(f"  {r['method']} seed {r['seed']}: {norms}{clipped}, final loss {loss:.3f}, {times}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/mcis_vs_cam"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=["cam", "mcis"], choices=["cam", "mcis"])
     ap.add_argument("--size", default="small", help="synthetic preset generated when no --data is given")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (default: the preset's)")
     ap.add_argument("--no-fusion", action="store_true", help="skip the paper-fusion CAMs (3 partners + self-pairs)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0, help="data-loading processes per training")
+    ap.add_argument("--generate-only", action="store_true", help="write the synthetic data and stop")
+    ap.add_argument("--summary-only", action="store_true", help="print the table of the runs already done")
     args = ap.parse_args()
-    from weakseg.methods.train import TrainClsConfig, train_cls
-
+    if args.summary_only:
+        return summarise(args.out)
     data = args.data
     if data is None:
         from weakseg.data.synthetic import SynthConfig, generate
@@ -42,38 +113,13 @@ def main() -> None:
         if not (data / "DONE").is_file():
             generate(SynthConfig(out=data, size=args.size))
             (data / "DONE").write_text("")
-    variants = {
-        "plain CAM": ("cam", 0, False),
-        "MCIS, plain-head CAMs": ("mcis", 0, False),
-        "MCIS, paper fusion (3 partners + self-pairs)": ("mcis", 3, True),
-    }
-    if args.no_fusion:
-        variants = {k: v for k, v in variants.items() if not v[2]}
-    scores: dict[str, list[float]] = {k: [] for k in variants}
+    if args.generate_only:
+        return None
     for seed in args.seeds:
-        for name, (method, partners, self_pairs) in variants.items():
-            run = args.out / f"{method}_seed{seed}"
-            train_cls(
-                TrainClsConfig(
-                    data=data,
-                    out=run / "cls",
-                    method=method,
-                    preset=args.preset,
-                    seed=seed,
-                    device=args.device,
-                    grad_clip=args.grad_clip,
-                )
-            )
-            cams = run / f"cams_k{partners}_sp{int(self_pairs)}"
-            miou, threshold = seed_miou(
-                run / "cls", data, cams, seed, args.device, partners_per_class=partners, self_pairs=self_pairs
-            )
-            scores[name].append(miou)
-            print(f"seed {seed} {name}: {miou:.2f} (threshold {threshold})", flush=True)
-    print(f"\n{'classifier / test-time CAMs':<48}{'seed mIoU (%)':>16}   per seed")
-    for name, v in scores.items():
-        spread = statistics.stdev(v) if len(v) > 1 else 0.0
-        print(f"{name:<48}{statistics.mean(v):>9.2f} ± {spread:<5.2f}  {', '.join(f'{x:.2f}' for x in v)}")
+        for method in args.methods:
+            if not (args.out / f"{method}_seed{seed}" / "result.json").is_file():
+                run_one(args, data, method, seed)
+    summarise(args.out)
 
 
 if __name__ == "__main__":
