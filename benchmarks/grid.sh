@@ -4,7 +4,8 @@
 #   benchmarks/grid.sh RUNS_DIR           (env: DEVICE=auto|cuda|cpu, JOBS=parallel runs, WORKERS=loader
 #                                          processes per run, MVC_SIZE=default, SET_SIZE=small,
 #                                          SEEDS="0 1 2", NOISE="0.5 0.8 0.95", DEADLINE=seconds,
-#                                          PYTHON=interpreter)
+#                                          PYTHON=interpreter, GRID="mvc settings" (which tables),
+#                                          SET_EPOCHS=4, SET_RATIO=0.5, SET_LIST="1 2 3 1m")
 #
 # Jobs, longest first: MCIS and plain CAM at MVC_SIZE for each seed (benchmarks/mcis_vs_cam.py), then MCIS
 # settings 1 / 1m (matched budget) / 2 / 3 for each seed and setting 3 at each web wrong-label rate of NOISE
@@ -13,31 +14,37 @@
 set -uo pipefail
 runs=${1:?usage: benchmarks/grid.sh RUNS_DIR}
 DEVICE=${DEVICE:-auto} JOBS=${JOBS:-6} WORKERS=${WORKERS:-1} DEADLINE=${DEADLINE:-3600}
-MVC_SIZE=${MVC_SIZE:-default} SET_SIZE=${SET_SIZE:-small} SEEDS=${SEEDS:-0 1 2} NOISE=${NOISE:-0.5 0.8 0.95}
+MVC_SIZE=${MVC_SIZE:-default} SET_SIZE=${SET_SIZE:-small} SEEDS=${SEEDS:-0 1 2} NOISE=${NOISE-0.5 0.8 0.95}
+GRID=${GRID:-mvc settings} SET_EPOCHS=${SET_EPOCHS:-4} SET_RATIO=${SET_RATIO:-0.5} SET_LIST=${SET_LIST:-1 2 3 1m}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs/logs"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mvc=("${PYTHON:-python}" "$here/mcis_vs_cam.py" --out "$runs/mvc" --size "$MVC_SIZE" --device "$DEVICE" --workers "$WORKERS")
-set_=("${PYTHON:-python}" "$here/mcis_settings.py" --out "$runs/settings" --size "$SET_SIZE" --device "$DEVICE" --workers "$WORKERS")
+set_=("${PYTHON:-python}" "$here/mcis_settings.py" --out "$runs/settings" --size "$SET_SIZE" --device "$DEVICE"
+  --workers "$WORKERS" --epochs "$SET_EPOCHS" --ratio "$SET_RATIO")
 # shellcheck disable=SC2086
 noise_args=(--noise-rates $NOISE)
 
 t0=$(date +%s)
-"${mvc[@]}" --generate-only >"$runs/logs/gen_mvc.log" 2>&1 &
-"${set_[@]}" --generate-only "${noise_args[@]}" >"$runs/logs/gen_settings.log" 2>&1 &
+[[ $GRID == *mvc* ]] && { "${mvc[@]}" --generate-only >"$runs/logs/gen_mvc.log" 2>&1 & }
+[[ $GRID == *settings* ]] && { "${set_[@]}" --generate-only "${noise_args[@]}" >"$runs/logs/gen_settings.log" 2>&1 & }
 wait || true
 echo "data generated in $(($(date +%s) - t0)) s"
 
 jobs_file="$runs/jobs.txt"
 : >"$jobs_file"
-for s in $SEEDS; do echo "mvc_mcis_$s ${mvc[*]} --methods mcis --seeds $s" >>"$jobs_file"; done
-for s in $SEEDS; do echo "mvc_cam_$s ${mvc[*]} --methods cam --seeds $s" >>"$jobs_file"; done
-for s in $SEEDS; do
-  for st in 1 2 3 1m; do echo "set_${st}_$s ${set_[*]} --settings $st --seeds $s" >>"$jobs_file"; done
-done
-for s in $SEEDS; do
-  for r in $NOISE; do echo "noise_${r}_$s ${set_[*]} --settings 3@$r --noise-rates $r --seeds $s" >>"$jobs_file"; done
-done
+if [[ $GRID == *mvc* ]]; then
+  for s in $SEEDS; do echo "mvc_mcis_$s ${mvc[*]} --methods mcis --seeds $s" >>"$jobs_file"; done
+  for s in $SEEDS; do echo "mvc_cam_$s ${mvc[*]} --methods cam --seeds $s" >>"$jobs_file"; done
+fi
+if [[ $GRID == *settings* ]]; then
+  for s in $SEEDS; do
+    for st in $SET_LIST; do echo "set_${st}_$s ${set_[*]} --settings $st --seeds $s" >>"$jobs_file"; done
+  done
+  for s in $SEEDS; do
+    for r in $NOISE; do echo "noise_${r}_$s ${set_[*]} --settings 3@$r --noise-rates $r --seeds $s" >>"$jobs_file"; done
+  done
+fi
 echo "$(wc -l <"$jobs_file") runs, $JOBS at a time, device $DEVICE"
 
 left=$((DEADLINE - ($(date +%s) - t0)))
@@ -46,5 +53,6 @@ timeout --signal=INT --kill-after=20 "$left" xargs -P "$JOBS" -L 1 sh -c \
   'name=$0; start=$(date +%s); "$@" >"'"$runs"'/logs/$name.log" 2>&1; echo "$name rc=$? $(($(date +%s) - start)) s"' \
   <"$jobs_file"
 echo "grid stopped after $(($(date +%s) - t0)) s"
-"${mvc[@]}" --summary-only
-"${set_[@]}" --summary-only
+[[ $GRID == *mvc* ]] && "${mvc[@]}" --summary-only
+[[ $GRID == *settings* ]] && "${set_[@]}" --summary-only
+exit 0

@@ -55,7 +55,7 @@ class DemoConfig:
     method: str = "mcis"
     full_baseline: bool = False
     """also train a segmenter on the true masks (the fully supervised upper bound) for comparison
-    (about 5 more minutes on 2 cores; off by default to keep the demo within 15 minutes)"""
+    (about 4 more minutes on 2 cores; off by default to keep the demo within 15 minutes)"""
     seed: int = 0
     device: str = "auto"
 
