@@ -5,6 +5,7 @@ optionally ``train-seg`` + ``eval-seg`` on val with the run's segmenter defaults
 AffinityNet once (``train-aff``, thresholds best seed threshold + 0.1 / - 0.2, as ``weakseg run`` does).
 
     python benchmarks/pseudo_options.py --run runs/demo --options par:0.1 par:0.05 par:0 rw:0:256 rw:0:8 [--seg]
+    python benchmarks/pseudo_options.py --run runs/demo --options par:0.05:10:0.3 par:0.05:50:0.2 --seg
 
 Prints: refiner, margin, ignored %, pseudo mIoU (ignored pixels counted as background), mIoU of the
 non-ignored pixels, and the segmenter's val mIoU with ``--seg``.
@@ -22,7 +23,12 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a run folder with cams/, eval/cams.json (and data/)")
     ap.add_argument("--data", type=Path, default=None, help="dataset root (default: RUN/data)")
     ap.add_argument("--out", type=Path, default=None, help="default: RUN/pseudo_options")
-    ap.add_argument("--options", nargs="+", default=["par:0.1", "par:0.05", "par:0"], help="REFINER:MARGIN[:RW_STEPS]")
+    ap.add_argument(
+        "--options",
+        nargs="+",
+        default=["par:0.1", "par:0.05", "par:0"],
+        help="rw:MARGIN[:STEPS], par:MARGIN[:ITERS[:W1]], crf:MARGIN, none:MARGIN",
+    )
     ap.add_argument("--seg", action="store_true", help="also train + evaluate a segmenter per option")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -52,6 +58,8 @@ def main() -> None:
                     )
                 )
             extra = {"affinity": aff, **({"rw_iters": int(rest[0])} if rest else {})}
+        elif refiner == "par" and rest:
+            extra = {"par_iters": int(rest[0]), **({"par_w1": float(rest[1])} if len(rest) > 1 else {})}
         folder = out / option.replace(":", "_")
         m = make_pseudo(
             PseudoConfig(

@@ -129,6 +129,31 @@ def test_par_improves_a_blurred_mask():
     assert after > before + 0.15 and after > 0.95
 
 
+def test_pseudo_config_passes_par_settings_to_the_refiner(tmp_path, monkeypatch):
+    import numpy as np
+
+    from weakseg.refine import par, pseudo
+
+    seen = {}
+
+    def spy(image, probs, iters, w1, max_side):
+        seen.update(iters=iters, w1=w1, max_side=max_side)
+        return probs
+
+    monkeypatch.setattr(par, "par_refine", spy)
+    cfg = pseudo.PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path, par_iters=50, par_w1=0.2, par_max_side=99)
+    img, probs, _ = _toy()
+    image = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    torch.testing.assert_close(pseudo._refine_par(image, probs, cfg), probs)
+    assert seen == {"iters": 50, "w1": 0.2, "max_side": 99}
+    # and no propagation step leaves the scores as they were (what refiner "none" gives)
+    torch.testing.assert_close(par_refine(img[None], probs[None], iters=0)[0], probs)
+    with pytest.raises(ConfigError, match="par_iters"):
+        replace(cfg, par_iters=-1).resolved()
+    with pytest.raises(ConfigError, match="par_w1"):
+        replace(cfg, par_w1=0.0).resolved()
+
+
 def test_par_is_batched_and_runs_at_reduced_resolution():
     img, probs, gt = _toy()
     img2, probs2, _ = _toy(seed=1)

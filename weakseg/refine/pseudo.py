@@ -77,6 +77,10 @@ class PseudoConfig:
     """pixels whose top-1 minus top-2 class probability is below this become 255 (0 = off)"""
     par_max_side: int = 320
     """PAR runs at most at this resolution (longer side) and is upsampled back"""
+    par_iters: int = 10
+    """PAR propagation steps (each reaches up to 24 px further with the default dilations)"""
+    par_w1: float = 0.3
+    """PAR colour/position temperature; smaller = stops more sharply at colour edges"""
     affinity: Path | None = None
     """folder written by train-aff (AffinityNet); needed by the rw refiner"""
     rw_beta: float = 8.0
@@ -109,6 +113,8 @@ class PseudoConfig:
             raise ConfigError("refiner 'rw' needs a trained AffinityNet: run `weakseg train-aff`, give --affinity DIR")
         if cfg.refiner != "rw" and cfg.affinity is not None:
             raise ConfigError(f"--affinity is only used by the 'rw' refiner, not {cfg.refiner!r}")
+        if cfg.par_iters < 0 or cfg.par_w1 <= 0:
+            raise ConfigError(f"need par_iters >= 0 and par_w1 > 0, got {cfg.par_iters} and {cfg.par_w1}")
         if cfg.rw_beta <= 0 or cfg.rw_iters < 0 or cfg.rw_max_side < 16:
             raise ConfigError("need rw_beta > 0, rw_iters >= 0 and rw_max_side >= 16")
         return cfg
@@ -151,7 +157,7 @@ def _refine_par(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig) -> to
     from weakseg.refine.par import par_refine
 
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-    return par_refine(img, probs[None], max_side=cfg.par_max_side)[0]
+    return par_refine(img, probs[None], iters=cfg.par_iters, w1=cfg.par_w1, max_side=cfg.par_max_side)[0]
 
 
 def _refine_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig) -> torch.Tensor:
