@@ -13,6 +13,8 @@ real CAMs of the CAM stage (``<id>.npz``) are used instead.
 
     python benchmarks/refine.py                       # synthetic data + synthetic CAMs
     python benchmarks/refine.py --data D --cams C     # a dataset and CAMs from the CAM stage
+    python benchmarks/refine.py --data runs/demo/data --cams runs/demo/cams --background threshold \
+        --bg-threshold 0.55 --ignore-margin 0.05       # the demo's CAMs, as `weakseg run` labels them
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150, help="images to use")
     ap.add_argument("--work", type=Path, default=Path("/tmp/weakseg_bench_refine"))
     ap.add_argument("--background", default="power")
+    ap.add_argument("--bg-threshold", type=float, default=None, help="threshold rule's (default: PseudoConfig's)")
     ap.add_argument("--ignore-margin", type=float, default=None, help="default: PseudoConfig's")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lowres", type=int, default=80, help="max side of the reduced-resolution PAR row")
@@ -98,6 +101,8 @@ def main() -> None:
     base = PseudoConfig(cams=Path("."), data=data, out=Path("."), background=args.background)
     if args.ignore_margin is not None:
         base = replace(base, ignore_margin=args.ignore_margin)
+    if args.bg_threshold is not None:
+        base = replace(base, bg_threshold=args.bg_threshold)
     rng = np.random.default_rng(0)
     items = []  # (image, gt, probs before refinement, rule ignore, classes)
     for i in range(n):
@@ -114,9 +119,17 @@ def main() -> None:
 
     names = segmentation_class_names(ds.class_names)
     rows = []
-    variants = [("none", {}), ("par", {}), (f"par@{args.lowres}", {"par_max_side": args.lowres}), ("crf", {})]
-    for name, extra in variants:
-        refiner = name.split("@")[0]
+    from weakseg.pipeline import RunConfig
+
+    run = RunConfig(out=Path("."))  # the pipeline's PAR settings (more steps than PseudoConfig's AFA defaults)
+    variants = [  # (row name, refiner, config changes)
+        ("none", "none", {}),
+        ("par", "par", {}),
+        (f"par@{args.lowres}", "par", {"par_max_side": args.lowres}),
+        (f"par{run.par_iters}", "par", {"par_iters": run.par_iters, "par_w1": run.par_w1}),
+        ("crf", "crf", {}),
+    ]
+    for name, refiner, extra in variants:
         cfg = replace(base, refiner=refiner, **extra)
         cm = ConfusionMatrix(names)
         ignored = total = 0
@@ -142,7 +155,10 @@ def main() -> None:
     sizes = [it[0].shape[:2] for it in items]
     print(f"data: {data} split {args.split}, {n} images, mean size {np.mean(sizes, axis=0).round().astype(int)}")
     print(f"CAMs: {cam_source}; background rule {base.background}, ignore margin {base.ignore_margin}")
-    print(f"torch threads: {torch.get_num_threads()}; PAR: 10 iters, dilations (1,2,4,8,12,24); CRF: 10 iters")
+    print(
+        f"torch threads: {torch.get_num_threads()}; PAR: {base.par_iters} iters, w1 {base.par_w1}, dilations "
+        f"(1,2,4,8,12,24); par{run.par_iters}: {run.par_iters} iters, w1 {run.par_w1} (weakseg run's); CRF: 10 iters"
+    )
     print(f"{'refiner':<9}{'img/s':>9}{'mIoU':>8}{'prec':>8}{'recall':>8}{'ignored':>9}")
     speed = {}
     for refiner, ips, m, ign in rows:
