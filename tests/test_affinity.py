@@ -308,6 +308,8 @@ def test_pseudo_rw_end_to_end(synth_root, soft_cams, trained_aff, tmp_path, monk
     none_cfg = replace(cfg, out=tmp_path / "none", refiner="none", affinity=None)
     make_pseudo(none_cfg)
     assert "rw_beta" not in load_json(tmp_path / "none" / "config.json")
+    assert "par_iters" not in load_json(tmp_path / "none" / "config.json")
+    assert "par_iters" not in saved
 
 
 def test_pipeline_affinity_thresholds_from_the_seed_sweep(tmp_path):

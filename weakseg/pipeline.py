@@ -75,8 +75,9 @@ class RunConfig:
     51.26 on val; 0.05 → 15.0 %, 51.7, segmenter 51.75; 0 → 52.8 (segmenter not measured)"""
     par_iters: int = 50
     """PAR propagation steps (refiner par; `weakseg pseudo`'s default is AFA's 10). On the demo's CAMs
-    (threshold 0.55, ignore margin 0.05), segmenter mIoU on val: 10 steps / w1 0.3 → 51.38, 50 / 0.2 → 56.68,
-    30 / 0.1 → 53.51; with 50 / 0.2, margin 0 → 53.16 and 0.1 → 54.06 (README, "Pseudo labels")"""
+    (threshold 0.55, ignore margin 0.05), segmenter mIoU on val: 10 steps / w1 0.3 → 51.38 (two torch threads),
+    50 / 0.2 → 56.68 (one thread; 54.40 with two, in the demo), 30 / 0.1 → 53.51; with 50 / 0.2, margin 0 → 53.16
+    and 0.1 → 54.06 (one thread each; README, "Pseudo labels")"""
     par_w1: float = 0.2
     """PAR colour/position temperature (refiner par; smaller = sharper at colour edges; AFA: 0.3)"""
     refiner: str = "par"

@@ -334,9 +334,11 @@ def _init_worker() -> None:
 def _config_dict(cfg: PseudoConfig) -> dict:
     d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     d.pop("workers")  # does not change the output
-    if cfg.refiner != "rw":  # unused: folders made before the rw refiner existed stay valid
-        for k in ("affinity", "rw_beta", "rw_iters", "rw_max_side"):
-            d.pop(k)
+    unused = {"rw": ("affinity", "rw_beta", "rw_iters", "rw_max_side"), "par": ("par_iters", "par_w1")}
+    for refiner, keys in unused.items():  # folders made before these options existed stay valid
+        if cfg.refiner != refiner:
+            for k in keys:
+                d.pop(k)
     return d
 
 

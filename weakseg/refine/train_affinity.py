@@ -161,7 +161,8 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
 
     cfg.check()
     out = Path(cfg.out)
-    if trained_and_complete(out, config_record(cfg), "an AffinityNet"):
+    train_record = config_record(cfg)
+    if trained_and_complete(out, train_record, "an AffinityNet"):
         log.info("AffinityNet in %s is complete; skipping", out)
         return out
     ds = open_dataset(cfg.data, split=cfg.split, fmt=cfg.fmt)
@@ -178,7 +179,7 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
         "output_stride": cfg.output_stride,
         "dim": cfg.dim,
         "radius": cfg.radius,
-        "train": config_record(cfg),
+        "train": train_record,
     }
     save_json(out / "config.json", meta)
 

@@ -151,7 +151,8 @@ def train_seg(cfg: TrainSegConfig) -> Path:
 
     cfg.check()
     out = Path(cfg.out)
-    if trained_and_complete(out, config_record(cfg), "a segmenter"):
+    train_record = config_record(cfg)
+    if trained_and_complete(out, train_record, "a segmenter"):
         log.info("segmenter in %s is complete; skipping", out)
         return out
     ds = open_dataset(cfg.data, split=cfg.split, fmt=cfg.fmt)
@@ -172,7 +173,7 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     if dist.is_main():
         clear_done(out)
         record = {"arch": info.arch, "num_classes": info.num_classes, "class_names": list(class_names)}
-        save_json(out / "config.json", {**record, "train": config_record(cfg)})
+        save_json(out / "config.json", {**record, "train": train_record})
 
     train_set = SegTrainSet(ds, labels, train_transform(cfg.crop, tuple(cfg.scale_range)))
     batch_size = min(cfg.batch_size, len(train_set))
