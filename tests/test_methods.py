@@ -45,6 +45,8 @@ def test_registry_and_presets():
     assert paper.lr_mult == (1, 2, 10, 20) and paper.contrastive_from_epoch == 2
     for hp in PRESETS.values():
         assert ClsHParams.from_dict(hp.to_dict()) == hp
+    # run/demo's preset: the cpu preset at input 192 without the self-pair copy, nothing else changed
+    assert PRESETS["cpu192"] == dataclasses.replace(PRESETS["cpu"], input_size=192, self_pairs=())
 
 
 def test_cam_logits_are_gap_of_maps():

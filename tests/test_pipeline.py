@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from weakseg.engine.artifacts import is_done, load_npz
+from weakseg.engine.artifacts import is_done, load_json, load_npz
 
 TINY = [
     "--synth-preset",
@@ -24,6 +24,8 @@ TINY = [
     "tiny",
     "--cls-epochs",
     "2",
+    "--cls-input-size",
+    "48",
     "--seg-arch",
     "tiny",
     "--seg-epochs",
@@ -88,6 +90,7 @@ def test_run_writes_every_stage_and_report(reference_run):
         assert is_done(out / stage), stage
     assert (out / "report.html").read_text().count("<img") >= 4
     assert (out / "summary.json").is_file() and (out / "eval" / "cams.json").is_file()
+    assert load_json(out / "cls" / "config.json")["hparams"]["input_size"] == 48  # --cls-input-size reached it
 
 
 def test_rerun_skips_complete_stages(reference_run):

@@ -57,7 +57,8 @@ class TrainClsConfig:
     weights: Path | None = None
     """backbone weights file (.safetensors or .pth); default: the backbone's own ImageNet weights"""
     preset: str = "cpu"
-    """hyper-parameter preset: paper (the MCIS recipe, GPU), cpu (minutes on 2 cores), tiny (tests)"""
+    """hyper-parameter preset: paper (the MCIS recipe, GPU), cpu (minutes on 2 cores), cpu192 (cpu at input 192,
+    no self-pair copy: what run/demo use), tiny (tests)"""
     epochs: int | None = None
     """None = the preset's"""
     batch_size: int | None = None
