@@ -313,12 +313,17 @@ def test_pseudo_rw_end_to_end(synth_root, soft_cams, trained_aff, tmp_path, monk
 
 
 def test_pipeline_affinity_thresholds_from_the_seed_sweep(tmp_path):
-    from weakseg.pipeline import RunConfig, _aff_config, aff_thresholds
+    from weakseg.pipeline import RunConfig, _aff_config, aff_thresholds, background_threshold
 
     assert aff_thresholds({"best_threshold": 0.7, "best_miou": 0.4}) == {"fg_threshold": 0.8, "bg_threshold": 0.5}
     assert aff_thresholds({"best_threshold": 0.9, "best_miou": 0.4}) == {"fg_threshold": 0.95, "bg_threshold": 0.7}
     assert aff_thresholds({"best_threshold": 0.1, "best_miou": 0.4}) == {"fg_threshold": 0.2, "bg_threshold": 0.05}
     assert aff_thresholds({"best_threshold": None, "best_miou": None}) == {}
+    # the pseudo labels' background threshold: best seed threshold - 0.15, at least 0.05; no masks -> an error
+    assert background_threshold({"best_threshold": 0.6, "best_miou": 0.5}) == 0.45
+    assert background_threshold({"best_threshold": 0.1, "best_miou": 0.5}) == 0.05
+    with pytest.raises(ConfigError, match="--bg-threshold"):
+        background_threshold({"best_threshold": None, "best_miou": None})
     run = RunConfig(out=tmp_path, refiner="rw", backbone="tiny", aff_epochs=1, seed=3)
     aff = _aff_config(
         run, tmp_path / "data", tmp_path / "cams", tmp_path / "aff", {"best_threshold": 0.6, "best_miou": 1}

@@ -12,6 +12,7 @@ from weakseg.cams.cam import make_views
 from weakseg.cams.coattention import co_attention
 from weakseg.errors import ConfigError
 from weakseg.methods import METHODS, PRESETS, CamNet, ClsHParams, MCISNet, get_method, get_preset, mcis_loss
+from weakseg.methods.cam import check_hparams
 
 K = 5
 HP = dataclasses.replace(get_preset("tiny"), input_size=32)
@@ -45,8 +46,8 @@ def test_registry_and_presets():
     assert paper.lr_mult == (1, 2, 10, 20) and paper.contrastive_from_epoch == 2
     for hp in PRESETS.values():
         assert ClsHParams.from_dict(hp.to_dict()) == hp
-    # run/demo's preset: the cpu preset at input 192 without the self-pair copy, nothing else changed
-    assert PRESETS["cpu192"] == dataclasses.replace(PRESETS["cpu"], input_size=192, self_pairs=())
+    # run/demo's preset: the cpu preset at input 192, no self-pair copy, 2 frozen stages, nothing else changed
+    assert PRESETS["cpu192"] == dataclasses.replace(PRESETS["cpu"], input_size=192, self_pairs=(), frozen_stages=2)
 
 
 def test_cam_logits_are_gap_of_maps():
@@ -198,3 +199,37 @@ def test_mcis_partner_cams_use_each_class_channel():
     views = make_views((1.0,), flip=False)
     cams = net.predict_cams(img, [0, 2], views, 32, (32, 32), partners=partners, partner_rows={0: [0], 2: [0]})
     assert cams[0].max() > 0.99 and cams[1].max() == 0
+
+
+def test_frozen_stages_get_no_gradient_and_keep_their_weights():
+    hp = dataclasses.replace(HP, frozen_stages=2)
+    torch.manual_seed(0)
+    net = CamNet(create_backbone("efficientnet-lite0", output_stride=16, pretrained=False), K, hp).train()
+    eff = net.backbone.net
+    frozen = [*eff.conv_stem.parameters(), *eff.bn1.parameters(), *eff.blocks[:2].parameters()]
+    before = [p.detach().clone() for p in frozen]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(torch.rand(2, 3, 32, 32))["logits"].sum().backward()
+    opt.step()
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in eff.blocks[2].parameters())  # the next stage still learns
+    assert all(torch.equal(a, p) for a, p in zip(before, frozen, strict=True))
+    with pytest.raises(ConfigError, match="frozen_stages"):  # the tiny test backbone has no stages to freeze
+        CamNet(create_backbone("tiny"), K, hp)
+    with pytest.raises(ConfigError, match="frozen_stages"):
+        check_hparams(dataclasses.replace(HP, frozen_stages=-1))
+
+
+def test_resume_check_accepts_older_configs_and_refuses_other_hparams(tmp_path):
+    from weakseg.engine.artifacts import save_json
+    from weakseg.methods.train import _check_resume, _roundtrip
+
+    info = _roundtrip({"method": "mcis", "backbone": "tiny", "class_names": ["a"], "hparams": HP, "extra": []})
+    old = {**info, "hparams": {k: v for k, v in info["hparams"].items() if k != "frozen_stages"}}  # before the option
+    (tmp_path / "state").mkdir()
+    save_json(tmp_path / "state" / "train_state.json", {"epoch": 1})
+    save_json(tmp_path / "config.json", old)
+    _check_resume(tmp_path, info)
+    _check_resume(tmp_path, {**info, "hparams": {**info["hparams"], "epochs": 9}})  # more epochs may continue
+    with pytest.raises(ConfigError, match="hparams"):
+        _check_resume(tmp_path, {**info, "hparams": {**info["hparams"], "lr": 0.5}})

@@ -136,22 +136,27 @@ def test_pseudo_config_passes_par_settings_to_the_refiner(tmp_path, monkeypatch)
 
     seen = {}
 
-    def spy(image, probs, iters, w1, max_side):
-        seen.update(iters=iters, w1=w1, max_side=max_side)
+    def spy(image, probs, iters, w1, max_side, scale):
+        seen.update(iters=iters, w1=w1, max_side=max_side, scale=scale)
         return probs
 
     monkeypatch.setattr(par, "par_refine", spy)
-    cfg = pseudo.PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path, par_iters=50, par_w1=0.2, par_max_side=99)
+    cfg = pseudo.PseudoConfig(
+        cams=tmp_path, data=tmp_path, out=tmp_path, par_iters=50, par_w1=0.2, par_max_side=99, par_scale=0.5
+    )
     img, probs, _ = _toy()
     image = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     torch.testing.assert_close(pseudo._refine_par(image, probs, cfg), probs)
-    assert seen == {"iters": 50, "w1": 0.2, "max_side": 99}
+    assert seen == {"iters": 50, "w1": 0.2, "max_side": 99, "scale": 0.5}
     # and no propagation step leaves the scores as they were (what refiner "none" gives)
     torch.testing.assert_close(par_refine(img[None], probs[None], iters=0)[0], probs)
     with pytest.raises(ConfigError, match="par_iters"):
         replace(cfg, par_iters=-1).resolved()
     with pytest.raises(ConfigError, match="par_w1"):
         replace(cfg, par_w1=0.0).resolved()
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="par_scale"):
+            replace(cfg, par_scale=bad).resolved()
 
 
 def test_par_is_batched_and_runs_at_reduced_resolution():
@@ -163,6 +168,11 @@ def test_par_is_batched_and_runs_at_reduced_resolution():
     small = par_refine(img[None], probs[None], max_side=32)
     assert small.shape == (1, 2, 64, 64)
     assert _iou(small[0], gt) > _iou(probs, gt)
+    # a relative working size: half of 64 px is the same as max_side 32; max_side caps the scale
+    torch.testing.assert_close(par_refine(img[None], probs[None], scale=0.5), small)
+    torch.testing.assert_close(par_refine(img[None], probs[None], scale=0.9, max_side=32), small)
+    with pytest.raises(ValueError, match="scale"):
+        par_refine(img[None], probs[None], scale=0.0)
 
 
 def test_par_affinity_prefers_same_colour():
@@ -358,3 +368,12 @@ def test_pseudo_workers_match_in_process(synth_root, gt_cams, tmp_path):
     assert a["miou"] == pytest.approx(b["miou"])
     for p in sorted((tmp_path / "a").glob("*.png")):
         assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
+
+
+def test_saved_pseudo_config_keeps_par_scale_only_when_it_changes_the_output(tmp_path):
+    from weakseg.refine.pseudo import PseudoConfig, _config_dict
+
+    cfg = PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path, refiner="par")
+    assert "par_scale" not in _config_dict(cfg)  # par folders written before the option stay valid
+    assert _config_dict(replace(cfg, par_scale=0.65))["par_scale"] == 0.65
+    assert "par_scale" not in _config_dict(replace(cfg, refiner="none", par_scale=0.65))

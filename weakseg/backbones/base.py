@@ -26,5 +26,13 @@ class Backbone(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def freeze_early(self, n: int) -> None:
+        """Keep the stem and the first ``n`` stages at their initial weights (no gradients: no backward pass
+        through them either). Backbones that support it override this; ``n = 0`` is always allowed."""
+        if n:
+            from weakseg.errors import ConfigError
+
+            raise ConfigError(f"backbone {type(self).__name__} cannot freeze early stages; set frozen_stages to 0")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features((x - self.mean) / self.std)

@@ -116,3 +116,11 @@ class EfficientNetLiteBackbone(Backbone):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)
+
+    def freeze_early(self, n: int) -> None:
+        """Freeze the stem and the first ``n`` of the 7 block stages (n = 2: everything at strides 2 and 4)."""
+        if not 0 <= n <= len(self.net.blocks):
+            raise ConfigError(f"frozen_stages must lie in [0, {len(self.net.blocks)}], got {n}")
+        for module in (self.net.conv_stem, self.net.bn1, *self.net.blocks[:n]):
+            for p in module.parameters():
+                p.requires_grad_(False)

@@ -183,6 +183,7 @@ def _check_resume(out: Path, info: dict[str, Any]) -> None:
     for key in ("method", "backbone", "class_names", "hparams", "extra"):
         a, b = old.get(key), info[key]
         if key == "hparams" and isinstance(a, dict):  # more (or fewer) epochs may continue a run
+            a = _roundtrip({"h": ClsHParams.from_dict(a)})["h"]  # options added since then take their defaults
             a, b = {k: v for k, v in a.items() if k != "epochs"}, {k: v for k, v in b.items() if k != "epochs"}
         if key == "extra":  # runs written before extra data existed had none
             a, b = a or [], b or []

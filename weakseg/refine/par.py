@@ -84,6 +84,7 @@ def par_refine(
     w1: float = 0.3,
     w2: float = 0.01,
     max_side: int | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Refine class maps with PAR; returns ``[B, C, H, W]`` (same size and dtype as ``probs``).
 
@@ -95,6 +96,8 @@ def par_refine(
         w1: colour/position temperature; smaller = sharper edges.
         w2: weight of the position (spatial smoothness) term.
         max_side: if the image's longer side exceeds this, refine at that size and upsample back.
+        scale: refine at this fraction of the image size (≤ 1; ``max_side`` still caps it). Shrinking with
+            antialiasing averages fine textures away, and each step reaches further across the object.
     """
     if image.ndim != 4 or probs.ndim != 4 or image.shape[0] != probs.shape[0]:
         shapes = f"{tuple(image.shape)}, {tuple(probs.shape)}"
@@ -102,8 +105,10 @@ def par_refine(
     out_dtype, out_size = probs.dtype, tuple(image.shape[-2:])
     image = image.float()
     probs = probs.to(image.device, torch.float32)
-    if max_side is not None and max(out_size) > max_side:
-        s = max_side / max(out_size)
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must lie in (0, 1], got {scale}")
+    s = min(scale, max_side / max(out_size)) if max_side is not None else scale
+    if s < 1:
         size = (max(1, round(out_size[0] * s)), max(1, round(out_size[1] * s)))
         image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
     h, w = image.shape[-2:]

@@ -77,6 +77,8 @@ class PseudoConfig:
     """pixels whose top-1 minus top-2 class probability is below this become 255 (0 = off)"""
     par_max_side: int = 320
     """PAR runs at most at this resolution (longer side) and is upsampled back"""
+    par_scale: float = 1.0
+    """PAR runs at this fraction of the image size (≤ 1; par_max_side still caps it)"""
     par_iters: int = 10
     """PAR propagation steps (each reaches up to 24 px further with the default dilations)"""
     par_w1: float = 0.3
@@ -115,6 +117,8 @@ class PseudoConfig:
             raise ConfigError(f"--affinity is only used by the 'rw' refiner, not {cfg.refiner!r}")
         if cfg.par_iters < 0 or cfg.par_w1 <= 0:
             raise ConfigError(f"need par_iters >= 0 and par_w1 > 0, got {cfg.par_iters} and {cfg.par_w1}")
+        if not 0 < cfg.par_scale <= 1:
+            raise ConfigError(f"par_scale must lie in (0, 1], got {cfg.par_scale}")
         if cfg.rw_beta <= 0 or cfg.rw_iters < 0 or cfg.rw_max_side < 16:
             raise ConfigError("need rw_beta > 0, rw_iters >= 0 and rw_max_side >= 16")
         return cfg
@@ -157,7 +161,8 @@ def _refine_par(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig) -> to
     from weakseg.refine.par import par_refine
 
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-    return par_refine(img, probs[None], iters=cfg.par_iters, w1=cfg.par_w1, max_side=cfg.par_max_side)[0]
+    kw = {"iters": cfg.par_iters, "w1": cfg.par_w1, "max_side": cfg.par_max_side, "scale": cfg.par_scale}
+    return par_refine(img, probs[None], **kw)[0]
 
 
 def _refine_crf(image: np.ndarray, probs: torch.Tensor, cfg: PseudoConfig) -> torch.Tensor:
@@ -334,11 +339,13 @@ def _init_worker() -> None:
 def _config_dict(cfg: PseudoConfig) -> dict:
     d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     d.pop("workers")  # does not change the output
-    unused = {"rw": ("affinity", "rw_beta", "rw_iters", "rw_max_side"), "par": ("par_iters", "par_w1")}
+    unused = {"rw": ("affinity", "rw_beta", "rw_iters", "rw_max_side"), "par": ("par_iters", "par_w1", "par_scale")}
     for refiner, keys in unused.items():  # folders made before these options existed stay valid
         if cfg.refiner != refiner:
             for k in keys:
                 d.pop(k)
+    if d.get("par_scale") == 1.0:  # the behaviour from before the option: par folders made then stay valid
+        d.pop("par_scale")
     return d
 
 
