@@ -27,7 +27,7 @@ def main() -> None:
         "--options",
         nargs="+",
         default=["par:0.1", "par:0.05", "par:0"],
-        help="rw:MARGIN[:STEPS], par:MARGIN[:ITERS[:W1]], crf:MARGIN, none:MARGIN",
+        help="rw:MARGIN[:STEPS], par:MARGIN[:ITERS[:W1[:SCALE]]], crf:MARGIN, none:MARGIN",
     )
     ap.add_argument("--seg", action="store_true", help="also train + evaluate a segmenter per option")
     ap.add_argument("--device", default="auto")
@@ -60,6 +60,7 @@ def main() -> None:
             extra = {"affinity": aff, **({"rw_iters": int(rest[0])} if rest else {})}
         elif refiner == "par" and rest:
             extra = {"par_iters": int(rest[0]), **({"par_w1": float(rest[1])} if len(rest) > 1 else {})}
+            extra.update({"par_scale": float(rest[2])} if len(rest) > 2 else {})
         folder = out / option.replace(":", "_")
         m = make_pseudo(
             PseudoConfig(

@@ -126,7 +126,11 @@ def main() -> None:
         ("none", "none", {}),
         ("par", "par", {}),
         (f"par@{args.lowres}", "par", {"par_max_side": args.lowres}),
-        (f"par{run.par_iters}", "par", {"par_iters": run.par_iters, "par_w1": run.par_w1}),
+        (
+            f"par{run.par_iters}@{run.par_scale}x",
+            "par",
+            {"par_iters": run.par_iters, "par_w1": run.par_w1, "par_scale": run.par_scale},
+        ),
         ("crf", "crf", {}),
     ]
     for name, refiner, extra in variants:
@@ -157,7 +161,8 @@ def main() -> None:
     print(f"CAMs: {cam_source}; background rule {base.background}, ignore margin {base.ignore_margin}")
     print(
         f"torch threads: {torch.get_num_threads()}; PAR: {base.par_iters} iters, w1 {base.par_w1}, dilations "
-        f"(1,2,4,8,12,24); par{run.par_iters}: {run.par_iters} iters, w1 {run.par_w1} (weakseg run's); CRF: 10 iters"
+        f"(1,2,4,8,12,24); par{run.par_iters}@{run.par_scale}x: {run.par_iters} iters, w1 {run.par_w1} at "
+        f"{run.par_scale}x the image size (weakseg run's); CRF: 10 iters"
     )
     print(f"{'refiner':<9}{'img/s':>9}{'mIoU':>8}{'prec':>8}{'recall':>8}{'ignored':>9}")
     speed = {}

@@ -91,6 +91,7 @@ def test_run_writes_every_stage_and_report(reference_run):
     assert (out / "report.html").read_text().count("<img") >= 4
     assert (out / "summary.json").is_file() and (out / "eval" / "cams.json").is_file()
     assert load_json(out / "cls" / "config.json")["hparams"]["input_size"] == 48  # --cls-input-size reached it
+    assert load_json(out / "eval" / "seg" / "metrics.json")["scales"] == [1.0, 1.5]  # RunConfig.seg_eval_scales
 
 
 def test_rerun_skips_complete_stages(reference_run):
