@@ -99,9 +99,12 @@ def test_rerun_skips_complete_stages(reference_run):
         p: p.stat().st_mtime_ns
         for p in (reference_run / "cls" / "model.safetensors", next((reference_run / "cams").glob("*.npz")))
     }
+    times = load_json(reference_run / "summary.json")["timings_s"]
     r = _run(reference_run)
     assert r.returncode == 0, r.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    again = load_json(reference_run / "summary.json")["timings_s"]  # skipped stages keep the first run's times
+    assert all(again[k] == times[k] for k in ("data", "cls", "cams", "pseudo", "seg")) and times["cls"] > 0
 
 
 def test_same_seed_gives_identical_cams_and_pseudo_labels(reference_run, tmp_path):

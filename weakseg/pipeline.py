@@ -21,13 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weakseg.engine.artifacts import is_done, mark_done, save_json
+from weakseg.engine.artifacts import is_done, load_json, mark_done, save_json
 from weakseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SUPERVISIONS = ("pseudo", "full")
 BG_OFFSET = 0.15
+SKIPPABLE = ("data", "cls", "cams", "aff", "pseudo", "seg")
+"""stages that skip a complete output folder (the evaluations always recompute)"""
 """the pseudo labels' background threshold is the seed sweep's best threshold minus this"""
 
 
@@ -145,13 +147,17 @@ def run(cfg: RunConfig) -> dict:
     save_json(out / "config.json", cfg)
     timings: dict[str, float] = {}
     summary: dict = {"supervision": cfg.supervision, "method": cfg.method}
+    # a skipped stage keeps the time of the run that made it (a rerun, e.g. demo --full-baseline, would log ~0 s)
+    earlier = load_json(out / "summary.json").get("timings_s", {}) if (out / "summary.json").is_file() else {}
 
     def timed(name: str, folder: Path, fn, *args):
         """Run one stage (which itself skips complete work), logging and timing it."""
-        log.info("stage %s → %s%s", name, folder, " (complete, skipped)" if is_done(folder) else "")
+        skipped = is_done(folder) and name in SKIPPABLE
+        log.info("stage %s → %s%s", name, folder, " (complete, skipped)" if skipped else "")
         t0 = time.perf_counter()
         result = fn(*args)
-        timings[name] = round(time.perf_counter() - t0, 2)
+        elapsed = round(time.perf_counter() - t0, 2)
+        timings[name] = earlier.get(name, elapsed) if skipped else elapsed
         return result
 
     data = cfg.data
