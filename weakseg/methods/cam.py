@@ -77,47 +77,37 @@ class ClsHParams:
         return cls(**d)
 
 
+# CPU: small input, stride 16, a 1×1 head, one self-pair copy (the flip; the 2× copy alone costs
+# 4 anchors), 4 epochs at a constant lr. Measured on 2 shared cores (1 torch thread), 2,000 images
+# of 128-160 px: ~2 min/epoch for cam, ~6-7 min/epoch for mcis (anchor + partner + flip copy);
+# 600 images (the demo's small set): ~30 s/epoch for cam, ~100 s/epoch for mcis.
+# Gradient-norm clip at 20: at 2,000 images an unclipped MCIS run diverged at step 981 of 1,000 (every
+# loss jumped at once and never recovered); the logged norms of healthy steps were 2.5-17.
+_CPU = ClsHParams(
+    input_size=128,
+    output_stride=16,
+    head_channels=256,
+    head_depth=1,
+    head_kernel=1,
+    epochs=4,
+    batch_size=8,
+    lr_milestones=(),
+    contrastive_from_epoch=1,
+    self_pairs=((1.0, True),),
+    grad_clip=20.0,
+)
+
+
 PRESETS: dict[str, ClsHParams] = {
     # the paper's recipe (a GPU job)
     "paper": ClsHParams(),
-    # CPU: small input, stride 16, a 1×1 head, one self-pair copy (the flip; the 2× copy alone costs
-    # 4 anchors), 4 epochs at a constant lr. Measured on 2 shared cores (1 torch thread), 2,000 images
-    # of 128-160 px: ~2 min/epoch for cam, ~6-7 min/epoch for mcis (anchor + partner + flip copy);
-    # 600 images (the demo's small set): ~30 s/epoch for cam, ~100 s/epoch for mcis.
-    # Gradient-norm clip at 20: at 2,000 images an unclipped MCIS run diverged at step 981 of 1,000 (every
-    # loss jumped at once and never recovered); the logged norms of healthy steps were 2.5-17.
-    "cpu": ClsHParams(
-        input_size=128,
-        output_stride=16,
-        head_channels=256,
-        head_depth=1,
-        head_kernel=1,
-        epochs=4,
-        batch_size=8,
-        lr_milestones=(),
-        contrastive_from_epoch=1,
-        self_pairs=((1.0, True),),
-        grad_clip=20.0,
-    ),
+    "cpu": _CPU,
     # what `weakseg run`/`demo` use: the cpu preset at input 192, without the self-pair copy, the stem and the
     # stride-2/4 stages frozen. On the demo's 600 images of 112-128 px (one torch thread, seed 0, CAMs at
     # 1/0.5/1.5/2 + flip; seed mIoU on train): cpu (128, flip copy) 41.5, 160 + flip copy 47.0, 160 45.7,
     # 192 50.9, 192 + 2 frozen stages 50.6. Upsampling the small images is what helps: at stride 16 a 128-px
     # input gives an 8x8 CAM.
-    "cpu192": ClsHParams(
-        input_size=192,
-        output_stride=16,
-        head_channels=256,
-        head_depth=1,
-        head_kernel=1,
-        epochs=4,
-        batch_size=8,
-        lr_milestones=(),
-        contrastive_from_epoch=1,
-        self_pairs=(),
-        frozen_stages=2,
-        grad_clip=20.0,
-    ),
+    "cpu192": dataclasses.replace(_CPU, input_size=192, self_pairs=(), frozen_stages=2),
     # seconds: for tests with the tiny backbone
     "tiny": ClsHParams(
         input_size=64,
