@@ -59,8 +59,8 @@ def main() -> None:
                 )
             extra = {"affinity": aff, **({"rw_iters": int(rest[0])} if rest else {})}
         elif refiner == "par" and rest:
-            extra = {"par_iters": int(rest[0]), **({"par_w1": float(rest[1])} if len(rest) > 1 else {})}
-            extra.update({"par_scale": float(rest[2])} if len(rest) > 2 else {})
+            fields = (("par_iters", int), ("par_w1", float), ("par_scale", float))
+            extra = {name: kind(value) for (name, kind), value in zip(fields, rest, strict=False)}
         folder = out / option.replace(":", "_")
         m = make_pseudo(
             PseudoConfig(

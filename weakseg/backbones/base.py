@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from weakseg.errors import ConfigError
+
 
 class Backbone(nn.Module):
     """A feature extractor that normalises its own input.
@@ -30,8 +32,6 @@ class Backbone(nn.Module):
         """Keep the stem and the first ``n`` stages at their initial weights (no gradients: no backward pass
         through them either). Backbones that support it override this; ``n = 0`` is always allowed."""
         if n:
-            from weakseg.errors import ConfigError
-
             raise ConfigError(f"backbone {type(self).__name__} cannot freeze early stages; set frozen_stages to 0")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
