@@ -124,12 +124,12 @@ def _coco_json(root: Path) -> None:
         "annotations": [
             # a big person box and a small car on top of it (drawn later because smaller)
             {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 200.0,
-             "segmentation": [[2, 2, 22, 2, 22, 12, 2, 12]]},
+             "segmentation": [[2, 2, 22, 2, 22, 12, 2, 12]], "bbox": [2, 2, 20, 10]},
             {"id": 11, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 16.0,
-             "segmentation": [[4, 4, 8, 4, 8, 8, 4, 8]]},
+             "segmentation": [[4, 4, 8, 4, 8, 8, 4, 8]], "bbox": [3.6, 4.0, 4.8, 4.5]},  # float box: see test_records
             # a crowd region (RLE) of toothbrushes
             {"id": 12, "image_id": 1, "category_id": 90, "iscrowd": 1, "area": 100.0,
-             "segmentation": {"size": [20, 30], "counts": rle_counts}},
+             "segmentation": {"size": [20, 30], "counts": rle_counts}, "bbox": [0, 0, 5, 20]},
         ],
     }  # fmt: skip
     (root / "annotations").mkdir(parents=True)

@@ -1,91 +1,31 @@
 """``weakseg data check``: every problem of a dataset in one pass, each with the file and the fix.
 
 Loaders share the first half of the work: each format module has ``scan(root, split) -> Scan``, which
-indexes a split without decoding pixels and *collects* problems (missing files, bad label rows). A
-loader raises on the scan's errors; :func:`check_dataset` instead keeps going and then decodes every
-image and mask to find the rest (corrupt files, odd modes, size mismatches, bad mask values, ...).
+indexes a split without decoding pixels and *collects* problems (missing files, bad label rows, bad
+boxes; see :mod:`weakseg.data.scan`). A loader raises on the scan's errors; :func:`check_dataset`
+instead keeps going and then decodes every image and mask to find the rest (corrupt files, odd modes,
+size mismatches, bad mask values, ...). This module sits on top of the loaders and the registry.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from weakseg.errors import DataError
-
-log = logging.getLogger(__name__)
-
-ERROR, WARNING = "error", "warning"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding. ``path`` is printable text even for non-UTF-8 names; ``severity`` error|warning."""
-
-    path: str
-    kind: str
-    message: str
-    fix: str
-    severity: str = ERROR
-
-
-@dataclass
-class Entry:
-    """One image of a scanned split. ``labels`` None = not given (computed from the mask)."""
-
-    image_id: str
-    image_path: Path
-    mask_path: Path | None
-    labels: tuple[int, ...] | None
-    source: str  # the file that lists the image (split file, label file or folder)
-    extra: Any = None  # format-specific: YOLO polygons, COCO annotations
-
-
-@dataclass
-class Scan:
-    class_names: tuple[str, ...]
-    entries: list[Entry]
-    problems: list[Problem] = field(default_factory=list)
-
-
-def raise_errors(problems: Sequence[Problem], what: str, limit: int = 10, n_entries: int | None = None) -> None:
-    """Raise one DataError listing the error-severity problems (up to ``limit``), if there are any.
-
-    Warnings are logged (one line). With ``n_entries == 0`` an empty split is an error too.
-    """
-    errors = [p for p in problems if p.severity == ERROR]
-    warnings = [p for p in problems if p.severity != ERROR]
-    if warnings:
-        log.warning(
-            "%d warning(s) in %s, e.g. %s (run `weakseg data check` to list all)",
-            len(warnings),
-            what,
-            warnings[0].message,
-        )
-    if not errors and n_entries == 0:
-        raise DataError(f"{what} has no usable image; add images (and their split / label files)")
-    if not errors:
-        return
-    lines = "\n".join(f"  - {p.message}\n    fix: {p.fix}" for p in errors[:limit])
-    more = ""
-    if len(errors) > limit:
-        more = f"\n  ... and {len(errors) - limit} more (run `weakseg data check` to list all)"
-    raise DataError(f"{len(errors)} problem(s) in {what}:\n{lines}{more}")
-
+from weakseg.data.dataset import bad_mask_values
+from weakseg.data.images import display_path, expected_format, load_mask, probe_image
+from weakseg.data.labels import labels_from_mask
+from weakseg.data.registry import FORMATS, SCANS, SPLITS, detect_format
+from weakseg.data.scan import ERROR, WARNING, Problem
+from weakseg.data.scan import Entry as Entry  # re-exported: loaders imported these from here before
+from weakseg.data.scan import Scan as Scan
+from weakseg.data.scan import raise_errors as raise_errors
+from weakseg.errors import DataError, unknown_name
 
 # ---------------------------------------------------------------------------- the full check
-
-
-def _format_module(fmt: str) -> Any:
-    from weakseg.data import coco, folder, voc, yolo
-
-    return {"voc": voc, "coco": coco, "yolo": yolo, "folder": folder}[fmt]
 
 
 def _non_utf8_names(root: Path) -> list[Problem]:
@@ -109,8 +49,6 @@ def _non_utf8_names(root: Path) -> list[Problem]:
 
 
 def _check_image(path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
-    from weakseg.data.images import display_path, expected_format, probe_image
-
     name = display_path(path)
     try:
         info = probe_image(path)
@@ -163,9 +101,6 @@ def _check_image(path: Path) -> tuple[list[Problem], tuple[int, int] | None]:
 
 
 def _check_mask(path: Path, size: tuple[int, int] | None, num_classes: int) -> tuple[list[Problem], np.ndarray | None]:
-    from weakseg.data.images import display_path, load_mask
-    from weakseg.data.labels import bad_mask_values
-
     name = display_path(path)
     try:
         mask = load_mask(path)
@@ -196,10 +131,6 @@ def _check_mask(path: Path, size: tuple[int, int] | None, num_classes: int) -> t
 
 def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None) -> list[Problem]:
     """All problems of a dataset (every split when ``split`` is None), errors and warnings, in one pass."""
-    from weakseg.data.images import display_path
-    from weakseg.data.labels import labels_from_mask
-    from weakseg.data.registry import FORMATS, detect_format
-
     root = Path(root)
     if not root.is_dir():
         return [Problem(display_path(root), "missing_root", f"{display_path(root)} is not a folder", "check the path")]
@@ -209,11 +140,9 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None)
         except DataError as e:
             return [Problem(display_path(root), "unknown_format", str(e), "lay the dataset out in a supported format")]
     elif fmt not in FORMATS:
-        from weakseg.errors import unknown_name
-
         raise unknown_name("dataset format", fmt, FORMATS)
     problems: list[Problem] = _non_utf8_names(root)
-    chosen = [split] if split is not None else _format_module(fmt).available_splits(root)
+    chosen = [split] if split is not None else SPLITS[fmt](root)
     if not chosen:
         problems.append(
             Problem(display_path(root), "no_splits", f"{display_path(root)} has no split ({fmt} format)", "add one")
@@ -225,7 +154,7 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None)
     names: tuple[str, ...] = ()
     for sp in chosen:
         try:
-            s = _format_module(fmt).scan(root, sp)
+            s = SCANS[fmt](root, sp)
         except DataError as e:
             problems.append(Problem(display_path(root), "split", str(e), "fix the split or the layout"))
             continue

@@ -8,6 +8,12 @@ map to contiguous classes 0..79 in id order. Masks are rasterised from polygons 
 pycocotools (optional: ``pip install 'weakseg[coco]'``), larger objects first so small ones stay
 visible; crowd regions become 255 (ignore) where no other object lies. Image-level labels include
 crowd annotations (the objects are in the image).
+
+Each record's ``boxes`` are the ``bbox`` of its non-crowd annotations, in file order: COCO's float
+``[x, y, w, h]`` becomes the smallest pixel box holding it (:meth:`~weakseg.data.dataset.Box.around`:
+``x0 = floor(x)``, ``x1 = ceil(x + w)``, exclusive). Crowd boxes surround a group, not one object, so
+they are left out (as box-supervised methods do), and so is an annotation without a ``bbox``. A box
+outside its image is an error naming the file.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from weakseg.data.check import Entry, Problem, Scan, raise_errors
-from weakseg.data.dataset import IGNORE, Record, SegDataset
+from weakseg.data.boxes import scan_boxes
+from weakseg.data.dataset import IGNORE, Box, Record, SegDataset
 from weakseg.data.images import display_path
+from weakseg.data.scan import Entry, Problem, Scan, raise_errors
 from weakseg.errors import DataError, missing_extra
 
 
@@ -90,9 +97,37 @@ def scan(root: str | Path, split: str = "train") -> Scan:
             continue
         anns = by_image.get(im["id"], [])
         labels = tuple(sorted({cat_index[a["category_id"]] for a in anns}))
-        extra = (int(im["height"]), int(im["width"]), anns, cat_index)
-        entries.append(Entry(Path(im["file_name"]).stem, path, None, labels, src, extra=extra))
+        h, w = int(im["height"]), int(im["width"])
+        boxes, found = _boxes(anns, cat_index, h, w, src, im["id"])
+        problems += found
+        extra = (h, w, anns, cat_index)
+        entries.append(Entry(Path(im["file_name"]).stem, path, None, labels, src, extra=extra, boxes=boxes))
     return Scan(names, entries, problems)
+
+
+def _boxes(
+    anns: list[dict], cat_index: dict[int, int], h: int, w: int, src: str, image_id: int
+) -> tuple[tuple[Box, ...], list[Problem]]:
+    """The checked pixel boxes of an image's non-crowd annotations (see module docstring)."""
+    out: list[Box] = []
+    problems: list[Problem] = []
+    for a in anns:
+        if a.get("iscrowd") or "bbox" not in a:
+            continue
+        bbox = a["bbox"]
+        what = f"annotation {a.get('id')} of image {image_id}"
+        try:
+            x, y, bw, bh = (float(v) for v in bbox)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            msg = f"{src} ({what}): bbox {bbox!r} is not [x, y, width, height]"
+            problems.append(Problem(src, "bad_box", msg, "fix or remove the annotation"))
+            continue
+        good, found = scan_boxes(
+            [Box.around(x, y, x + bw, y + bh, cat_index[a["category_id"]])], h, w, src, len(cat_index), what
+        )
+        out += good
+        problems += found
+    return tuple(out), problems
 
 
 def rasterise(anns: list[dict], height: int, width: int, cat_index: dict[int, int]) -> np.ndarray:
@@ -135,7 +170,8 @@ class COCODataset(SegDataset):
         root = Path(root)
         s = scan(root, split)
         raise_errors(s.problems, f"{display_path(root)} (COCO, split {split!r})", n_entries=len(s.entries))
-        super().__init__(root, split, s.class_names, [Record(e.image_id, e.image_path, e.labels) for e in s.entries])
+        records = [Record(e.image_id, e.image_path, e.labels, boxes=e.boxes) for e in s.entries]
+        super().__init__(root, split, s.class_names, records)
         self._anns = [e.extra for e in s.entries]
 
     def load_mask(self, i: int) -> np.ndarray:

@@ -29,7 +29,6 @@ same whichever rank or worker loads it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -42,8 +41,9 @@ import torch
 
 from weakseg.data.dataset import SegDataset
 from weakseg.data.pairs import PairDataset, PairSampler, SelfView, collate_pairs
+from weakseg.data.registry import FORMATS, SPLITS, detect_format, open_dataset
 from weakseg.data.transforms import Jitter, color_jitter, load_square
-from weakseg.errors import ConfigError, WeaksegError
+from weakseg.errors import ConfigError, WeaksegError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,10 @@ def parse_extra(entry: str) -> ExtraSpec:
 
 def _train_split(root: Path, fmt: str) -> tuple[str, str]:
     """(format, split) of an extra folder: its ``train`` split (``train*`` for COCO), else ``all``."""
-    from weakseg.data.registry import FORMATS, detect_format
-
     fmt = detect_format(root) if fmt == "auto" else fmt
     if fmt not in FORMATS:
-        from weakseg.errors import unknown_name
-
         raise unknown_name("dataset format", fmt, [*FORMATS, "auto"])
-    splits = importlib.import_module(FORMATS[fmt].__module__).available_splits(root)
+    splits = SPLITS[fmt](root)
     for split in ["train", *(s for s in splits if s.startswith("train")), "all"]:
         if split in splits:
             return fmt, split
@@ -146,8 +142,6 @@ def open_extra(spec: ExtraSpec, main_class_names: Sequence[str], fmt: str = "aut
     Raises ConfigError for a missing folder, foreign class names or no labelled image, and the
     loader's DataError (prefixed with the entry) for a broken folder.
     """
-    from weakseg.data.registry import open_dataset
-
     what = f"--extra {spec.kind}:{spec.root}"
     if not spec.root.is_dir():
         raise ConfigError(f"{what}: folder not found; check the path")

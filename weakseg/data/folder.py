@@ -5,6 +5,9 @@
     <root>/labels.csv              image-level labels in the cls_labels.csv format (image_id = stem)
     <root>/classes.txt             one foreground class name per line
     <root>/splits/<split>.txt      optional; one image name (or stem) per line. Split "all" = every image
+    <root>/boxes.csv               optional object boxes: image_id,x0,y0,x1,y1,class_name (0-based pixels,
+                                   x1/y1 exclusive; see weakseg.data.boxes)
+    <root>/scribbles/<name>.png    optional partial labels: 255 = unknown, 0 = background, c+1 = class c
 
 An image needs a row in ``labels.csv`` (an empty row = no object) or a mask to get its labels.
 """
@@ -13,10 +16,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weakseg.data.check import Entry, Problem, Scan, raise_errors
-from weakseg.data.dataset import MaskFileDataset, Record
-from weakseg.data.images import IMAGE_EXTENSIONS, display_path, is_utf8_name, load_mask
+from weakseg.data.boxes import BOXES_CSV, read_boxes_csv, scan_boxes
+from weakseg.data.dataset import Box, MaskFileDataset, Record
+from weakseg.data.images import display_path, load_mask
 from weakseg.data.labels import CLASSES_TXT, labels_from_mask, read_classes, scan_cls_labels
+from weakseg.data.scan import (
+    Entry,
+    Problem,
+    Scan,
+    header_size,
+    list_images,
+    non_utf8_problems,
+    raise_errors,
+    resolve_listed,
+)
 from weakseg.errors import DataError
 
 LABELS_CSV = "labels.csv"
@@ -29,68 +42,6 @@ def is_folder(root: Path) -> bool:
 def available_splits(root: str | Path) -> list[str]:
     d = Path(root) / "splits"
     return ["all"] + (sorted(p.stem for p in d.glob("*.txt") if p.stem != "all") if d.is_dir() else [])
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (hidden files skipped)."""
-    if not folder.is_dir():
-        return []
-    files = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def resolve_listed(root: Path, image_dir: Path, split_file: Path) -> tuple[list[Path], list[Problem]]:
-    """Images named by a split file: a path relative to the root, a file name or a stem in ``image_dir``."""
-    try:
-        text = split_file.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(
-            f"split file not found: {display_path(split_file)}; use split 'all' or create the file "
-            "with one image name per line"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{display_path(split_file)} is not UTF-8 text ({e}); re-save it as UTF-8") from None
-    by_stem: dict[str, Path] = {}
-    for p in list_images(image_dir):
-        by_stem.setdefault(p.stem, p)
-    out, problems = [], []
-    for line in text.splitlines():
-        tok = line.strip()
-        if not tok:
-            continue
-        cands = [root / tok, image_dir / tok, Path(tok)]
-        hit = next((c for c in cands if c.suffix and c.is_file()), None) or by_stem.get(Path(tok).stem)
-        if hit is None:
-            missing = image_dir / (tok if Path(tok).suffix else f"{tok}.jpg")
-            problems.append(
-                Problem(
-                    display_path(missing),
-                    "missing_file",
-                    f"image {tok!r} listed in {display_path(split_file)} does not exist in {display_path(image_dir)}",
-                    f"add the image or remove the line from {display_path(split_file)}",
-                )
-            )
-            continue
-        out.append(hit)
-    return out, problems
-
-
-def non_utf8_problems(paths: list[Path]) -> tuple[list[Path], list[Problem]]:
-    keep, problems = [], []
-    for p in paths:
-        if is_utf8_name(p):
-            keep.append(p)
-        else:
-            name = display_path(p)
-            problems.append(
-                Problem(
-                    name,
-                    "non_utf8_name",
-                    f"file name {name} is not valid UTF-8, so label and split files cannot name it",
-                    "rename it to a UTF-8 name (e.g. `convmv -f latin1 -t utf8 --notest <file>`)",
-                )
-            )
-    return keep, problems
 
 
 def scan(root: str | Path, split: str = "all") -> Scan:
@@ -116,6 +67,12 @@ def scan(root: str | Path, split: str = "all") -> Scan:
             Problem(display_path(csv_path), f"labels_{i.kind}", i.message, "fix the row in the label file")
             for i in issues
         ]
+    boxes: dict[str, list[Box]] = {}
+    if (root / BOXES_CSV).is_file():
+        boxes, found = read_boxes_csv(root / BOXES_CSV, names)
+        problems += found
+    scribble_dir = root / "scribbles"
+    has_scribbles = scribble_dir.is_dir()
     entries: list[Entry] = []
     stems: dict[str, Path] = {}
     for img in images:
@@ -144,7 +101,14 @@ def scan(root: str | Path, split: str = "all") -> Scan:
                 )
             )
             continue
-        entries.append(Entry(img.stem, img, mask, lab, source))
+        entry = Entry(img.stem, img, mask, lab, source)
+        if boxes.get(img.stem) and (size := header_size(img)) is not None:
+            what = f"image {img.stem!r}"
+            entry.boxes, found = scan_boxes(boxes[img.stem], size[1], size[0], root / BOXES_CSV, len(names), what)
+            problems += found
+        scribbles = scribble_dir / f"{img.stem}.png"
+        entry.scribbles = scribbles if has_scribbles and scribbles.is_file() else None
+        entries.append(entry)
     return Scan(names, entries, problems)
 
 
@@ -163,5 +127,5 @@ class FolderDataset(MaskFileDataset):
                     labels = labels_from_mask(load_mask(e.mask_path), len(s.class_names))  # type: ignore[arg-type]
                 except ValueError as err:
                     raise DataError(f"mask {display_path(e.mask_path)}: {err}; fix the mask or classes.txt") from None
-            records.append(Record(e.image_id, e.image_path, labels))
+            records.append(Record(e.image_id, e.image_path, labels, boxes=e.boxes, scribbles=e.scribbles))
         super().__init__(root, split, s.class_names, records, [e.mask_path for e in s.entries])

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from weakseg.data.dataset import IGNORE
-from weakseg.data.images import display_path, load_mask
+from weakseg.data.dataset import bad_mask_values as bad_mask_values  # re-exported from their old home
+from weakseg.data.dataset import load_checked_mask as load_checked_mask
+from weakseg.data.images import display_path
 from weakseg.engine.artifacts import atomic_write_bytes
 from weakseg.errors import DataError
 
@@ -192,24 +194,6 @@ def write_cls_labels(path: str | Path, labels: Mapping[str, Sequence[int]], clas
 
 
 # ---------------------------------------------------------------------------- from masks
-
-
-def bad_mask_values(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Values in a mask that are neither background, a class (1..K) nor ignore (255)."""
-    counts = np.bincount(np.asarray(mask, dtype=np.uint8).ravel(), minlength=256)
-    return [v for v in np.flatnonzero(counts).tolist() if v > num_classes and v != IGNORE]
-
-
-def load_checked_mask(path: Path, num_classes: int) -> np.ndarray:
-    """Read a label mask and refuse values outside 0..num_classes and 255, naming the file."""
-    mask = load_mask(path)
-    bad = bad_mask_values(mask, num_classes)
-    if bad:
-        raise DataError(
-            f"mask {display_path(path)} holds values {bad[:10]} outside 0..{num_classes} and 255; "
-            f"fix the mask or the class list ({num_classes} classes)"
-        )
-    return mask
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int, min_pixels: int = 1) -> tuple[int, ...]:

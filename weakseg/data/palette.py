@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 
 from weakseg.data.dataset import IGNORE
+from weakseg.data.images import load_mask
+from weakseg.engine.artifacts import atomic_write_bytes
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -56,15 +58,11 @@ def mask_png_bytes(mask: np.ndarray) -> bytes:
 
 def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     """Write a mask as a palette PNG atomically."""
-    from weakseg.engine.artifacts import atomic_write_bytes
-
     return atomic_write_bytes(path, mask_png_bytes(mask))
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:
     """Read a class-index mask PNG (palette or grayscale) as ``uint8 [H, W]``."""
-    from weakseg.data.images import load_mask
-
     return load_mask(path)
 
 

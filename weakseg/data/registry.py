@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from weakseg.data.coco import COCODataset, is_coco
+from weakseg.data import coco, folder, voc, yolo
 from weakseg.data.dataset import SegDataset
-from weakseg.data.folder import FolderDataset, is_folder
 from weakseg.data.images import display_path
-from weakseg.data.voc import VOCDataset, is_voc
-from weakseg.data.yolo import YOLODataset, is_yolo
+from weakseg.data.scan import Scan
 from weakseg.errors import DataError, unknown_name
 
 FORMATS: dict[str, type[SegDataset]] = {
-    "voc": VOCDataset,
-    "coco": COCODataset,
-    "yolo": YOLODataset,
-    "folder": FolderDataset,
+    "voc": voc.VOCDataset,
+    "coco": coco.COCODataset,
+    "yolo": yolo.YOLODataset,
+    "folder": folder.FolderDataset,
 }
+SPLITS: dict[str, Callable[[Path], list[str]]] = {
+    "voc": voc.available_splits,
+    "coco": coco.available_splits,
+    "yolo": yolo.available_splits,
+    "folder": folder.available_splits,
+}
+"""Each format's ``available_splits(root)``: the split names present in a folder."""
+SCANS: dict[str, Callable[[Path, str], Scan]] = {
+    "voc": voc.scan,
+    "coco": coco.scan,
+    "yolo": yolo.scan,
+    "folder": folder.scan,
+}
+"""Each format's ``scan(root, split)``: the split indexed without decoding pixels, problems collected."""
 
 _LAYOUTS = """\
   voc:    JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt
@@ -31,7 +44,12 @@ def detect_format(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {display_path(root)}; check the path (or download/generate it)")
-    for name, test in (("coco", is_coco), ("voc", is_voc), ("yolo", is_yolo), ("folder", is_folder)):
+    for name, test in (
+        ("coco", coco.is_coco),
+        ("voc", voc.is_voc),
+        ("yolo", yolo.is_yolo),
+        ("folder", folder.is_folder),
+    ):
         if test(root):
             return name
     raise DataError(f"cannot tell the format of {display_path(root)}; expected one of these layouts:\n{_LAYOUTS}")

@@ -77,6 +77,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from weakseg.data.dataset import IGNORE
 from weakseg.data.labels import CLASSES_TXT, CLS_LABELS, write_classes, write_cls_labels
 from weakseg.data.palette import mask_png_bytes, overlay
+from weakseg.data.registry import open_dataset
 from weakseg.engine.artifacts import atomic_write_bytes, load_json, save_json
 from weakseg.errors import ConfigError, DataError, unknown_name
 
@@ -725,8 +726,6 @@ def read_synth_config(root: str | Path) -> dict:
 
 def render_sample_grid(root: str | Path, out_png: str | Path, n: int = 12, split: str = "train", cols: int = 3) -> Path:
     """Write a PNG grid of the first ``n`` images of a split, each beside its mask overlay and labels."""
-    from weakseg.data.registry import open_dataset
-
     ds = open_dataset(root, split=split)
     tile_h = 128
     tiles = []

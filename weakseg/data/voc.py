@@ -8,20 +8,26 @@
     <root>/ImageSets/Segmentation/<split>.txt train, val, trainval, train_aug: one id per line
     <root>/classes.txt                        optional; else the 20 VOC names
     <root>/cls_labels.csv                     optional image-level labels; else computed from masks
+    <root>/Annotations/<id>.xml               optional VOC detection XML: the records' boxes
 
 Split ``train_aug`` takes its masks from ``SegmentationClassAug``; other splits from
 ``SegmentationClass``, falling back to ``SegmentationClassAug`` for ids missing there. Split-file lines
 of the DeepLab form ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` are accepted too.
+
+Boxes: when ``Annotations/`` exists, each ``<object>``'s ``<bndbox>`` becomes a record box. VOC XML
+counts pixels from 1 with both ends inclusive; records count from 0 with ``x1``/``y1`` exclusive, so
+``xmin=1, xmax=10`` (ten columns) becomes ``x0=0, x1=10``. An image without an XML file has no boxes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from weakseg.data.check import Entry, Problem, Scan, raise_errors
-from weakseg.data.dataset import MaskFileDataset, Record
+from weakseg.data.boxes import scan_boxes
+from weakseg.data.dataset import Box, MaskFileDataset, Record
 from weakseg.data.images import IMAGE_EXTENSIONS, display_path, load_mask
 from weakseg.data.labels import (
     CLASSES_TXT,
@@ -31,6 +37,7 @@ from weakseg.data.labels import (
     scan_cls_labels,
     write_cls_labels,
 )
+from weakseg.data.scan import Entry, Problem, Scan, header_size, raise_errors
 from weakseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 SPLIT_DIR = Path("ImageSets") / "Segmentation"
+ANNOTATIONS = "Annotations"
 
 
 def is_voc(root: Path) -> bool:
@@ -132,6 +140,7 @@ def scan(root: str | Path, split: str) -> Scan:
             for i in issues
         ]
     mask_dirs = [d for d in _mask_dirs(root, split) if d.is_dir()]
+    has_xml = (root / ANNOTATIONS).is_dir()
     entries = []
     for image_id in ids:
         if image_id in seen:
@@ -170,8 +179,57 @@ def scan(root: str | Path, split: str) -> Scan:
                 )
             )
             continue
-        entries.append(Entry(image_id, image, mask, labels, display_path(split_file)))
+        entry = Entry(image_id, image, mask, labels, display_path(split_file))
+        xml = root / ANNOTATIONS / f"{image_id}.xml"
+        if has_xml and xml.is_file():
+            boxes, size, found = read_voc_xml(xml, names)
+            size = size or header_size(image)
+            problems += found
+            if size is not None:
+                entry.boxes, found = scan_boxes(boxes, size[1], size[0], xml, len(names))
+                problems += found
+        entries.append(entry)
     return Scan(names, entries, problems)
+
+
+def read_voc_xml(path: Path, class_names: Sequence[str]) -> tuple[list[Box], tuple[int, int] | None, list[Problem]]:
+    """The boxes of a VOC annotation XML (converted to 0-based, exclusive ends), its ``(width, height)``
+    (None when the file gives none) and its problems (unreadable XML, unknown class names, bad numbers).
+    """
+    name = display_path(path)
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError) as e:
+        return [], None, [Problem(name, "boxes_format", f"{name} is not readable XML ({e})", "fix or delete the file")]
+    ann = tree.getroot()
+    size = None
+    try:
+        w, h = int(float(ann.findtext("size/width", "0"))), int(float(ann.findtext("size/height", "0")))
+        size = (w, h) if w > 0 and h > 0 else None
+    except ValueError:
+        pass
+    lookup = {n: i for i, n in enumerate(class_names)}
+    boxes: list[Box] = []
+    problems: list[Problem] = []
+    for k, obj in enumerate(ann.iter("object")):
+        cls_name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        if cls_name not in lookup:
+            msg = (
+                f"{name}: object {k + 1} has class name {cls_name!r}, not in the class list ({', '.join(class_names)})"
+            )
+            problems.append(Problem(name, "boxes_unknown_class", msg, "fix the name or classes.txt"))
+            continue
+        try:
+            xmin, ymin, xmax, ymax = (round(float(bb.findtext(t) or "")) for t in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            msg = f"{name}: object {k + 1} ({cls_name}) has a bndbox without four numbers"
+            problems.append(Problem(name, "boxes_format", msg, "fix the bndbox"))
+            continue
+        boxes.append(Box(xmin - 1, ymin - 1, xmax, ymax, lookup[cls_name]))  # 1-based inclusive -> 0-based exclusive
+    return boxes, size, problems
 
 
 class VOCDataset(MaskFileDataset):
@@ -188,7 +246,7 @@ class VOCDataset(MaskFileDataset):
             if labels is None:
                 labels = _labels_of_mask(e.mask_path, len(s.class_names))  # type: ignore[arg-type]
                 computed += 1
-            records.append(Record(e.image_id, e.image_path, labels))
+            records.append(Record(e.image_id, e.image_path, labels, boxes=e.boxes))
         if computed > 200:
             log.info(
                 "computed the labels of %d images from their masks; run `weakseg data build-labels %s` to cache them",

@@ -10,6 +10,12 @@ else the list file ``<root>/s.txt`` or ``<root>/splits/s.txt`` (image paths rela
 names). An image without a label file shows no object (empty label set). Masks are rasterised with
 PIL in file order, later polygons over earlier ones; a 5-number line (a detection box) is drawn as
 its rectangle.
+
+Each record's ``boxes`` are the bounding boxes of its polygons, in file order, in pixels of the
+EXIF-rotated image (:meth:`~weakseg.data.dataset.Box.around` of the scaled polygon, cut to the
+image; like the polygons themselves). PIL also fills the pixels a polygon edge only touches, so where an
+edge lies exactly on a pixel boundary the drawn mask reaches one pixel past the box. Scanning reads the
+header of each labelled image for its size.
 """
 
 from __future__ import annotations
@@ -19,11 +25,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from weakseg.data.check import Entry, Problem, Scan, raise_errors
-from weakseg.data.dataset import Record, SegDataset
-from weakseg.data.folder import list_images, non_utf8_problems, resolve_listed
+from weakseg.data.dataset import Box, Record, SegDataset
 from weakseg.data.images import display_path, image_size
 from weakseg.data.labels import CLASSES_TXT, read_classes
+from weakseg.data.scan import (
+    Entry,
+    Problem,
+    Scan,
+    header_size,
+    list_images,
+    non_utf8_problems,
+    raise_errors,
+    resolve_listed,
+)
 from weakseg.errors import DataError
 
 Polygon = tuple[int, np.ndarray]  # (class, float32 [N, 2] normalised x, y)
@@ -144,8 +158,22 @@ def scan(root: str | Path, split: str = "all") -> Scan:
             polys, found = parse_label_file(lp, len(names))
             problems += found
         labels = tuple(sorted({c for c, _ in polys}))
-        entries.append(Entry(img.stem, img, None, labels, source, extra=polys))
+        size = header_size(img) if polys else None
+        boxes = polygon_boxes(polys, *size) if size is not None else ()
+        entries.append(Entry(img.stem, img, None, labels, source, extra=polys, boxes=boxes))
     return Scan(names, entries, problems)
+
+
+def polygon_boxes(polys: list[Polygon], width: int, height: int) -> tuple[Box, ...]:
+    """The pixel bounding box of each normalised polygon, in order; a polygon with no pixel inside the
+    image (squashed onto its right or bottom edge) has none."""
+    out = []
+    for cls, xy in polys:
+        xs, ys = xy[:, 0] * width, xy[:, 1] * height
+        box = Box.around(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()), cls).clip(height, width)
+        if box.area > 0:
+            out.append(box)
+    return tuple(out)
 
 
 def rasterise(polys: list[Polygon], width: int, height: int) -> np.ndarray:
@@ -166,7 +194,8 @@ class YOLODataset(SegDataset):
         root = Path(root)
         s = scan(root, split)
         raise_errors(s.problems, f"{display_path(root)} (YOLO format, split {split!r})", n_entries=len(s.entries))
-        super().__init__(root, split, s.class_names, [Record(e.image_id, e.image_path, e.labels) for e in s.entries])
+        records = [Record(e.image_id, e.image_path, e.labels, boxes=e.boxes) for e in s.entries]
+        super().__init__(root, split, s.class_names, records)
         self._polys = [e.extra for e in s.entries]
 
     def load_mask(self, i: int) -> np.ndarray:
