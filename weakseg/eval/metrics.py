@@ -125,3 +125,55 @@ class ConfusionMatrix:
 def segmentation_class_names(foreground: Sequence[str]) -> tuple[str, ...]:
     """Class names of a segmentation label space: background first, then the foreground classes."""
     return ("background", *foreground)
+
+
+def _mask_pairs(gt: np.ndarray | Sequence[np.ndarray], pred: np.ndarray | Sequence[np.ndarray]) -> list[tuple]:
+    """One ``(gt, pred)`` pair per image: a single array pair, or two equally long sequences of arrays."""
+    if isinstance(gt, np.ndarray) and isinstance(pred, np.ndarray):
+        return [(gt, pred)]
+    gts, preds = list(gt), list(pred)
+    if len(gts) != len(preds):
+        raise ValueError(f"{len(gts)} ground-truth masks but {len(preds)} predictions")
+    return list(zip(gts, preds, strict=True))
+
+
+def miou(gt: np.ndarray | Sequence[np.ndarray], pred: np.ndarray | Sequence[np.ndarray], num_classes: int) -> float:
+    """mIoU of one label map ``[H, W]`` or of a sequence of them, from one accumulated confusion matrix.
+
+    Integer labels in ``[0, num_classes)``, 255 = ignore in ``gt``. Same numbers as
+    :class:`ConfusionMatrix` (classes absent from both gt and prediction are left out of the mean).
+    """
+    cm = ConfusionMatrix([str(c) for c in range(num_classes)])
+    for g, p in _mask_pairs(gt, pred):
+        cm.update(np.asarray(g), np.asarray(p))
+    return cm.metrics().miou
+
+
+def fb_confusion(gt: np.ndarray | Sequence[np.ndarray], pred: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """``int64 [2, 3]`` foreground-vs-background confusion accumulated over one or many binary masks.
+
+    ``gt``: 0 = background, 1 = foreground, 255 = ignore (bool masks are accepted); ``pred``: 0/1 or bool.
+    Rows = ground truth (bg, fg); the last column counts predictions that are neither 0 nor 1.
+    """
+    total = np.zeros((2, 3), dtype=np.int64)
+    for g, p in _mask_pairs(gt, pred):
+        total += confusion(_as_labels(g), _as_labels(p), 2)
+    return total
+
+
+def _as_labels(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    return mask.astype(np.uint8) if mask.dtype == bool else mask
+
+
+def fb_iou(gt: np.ndarray | Sequence[np.ndarray], pred: np.ndarray | Sequence[np.ndarray]) -> float:
+    """FB-IoU: mean of the background IoU and the foreground IoU of binary masks, accumulated.
+
+    As the few-shot segmentation papers compute it (PFENet / SCL ``test.py``): every episode adds its
+    bg/fg intersections and unions to running sums; FB-IoU = ½ (Σ I_bg / Σ U_bg + Σ I_fg / Σ U_fg).
+    Pass a sequence of masks (one per episode) to get the dataset figure, not a mean of per-image
+    FB-IoUs. ``gt`` uses 255 = ignore. A class absent from every gt and prediction is left out.
+    """
+    cm = ConfusionMatrix(("background", "foreground"))
+    cm.matrix += fb_confusion(gt, pred)
+    return cm.metrics().miou
