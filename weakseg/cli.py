@@ -14,7 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from weakseg.data.check import check_dataset, format_problems
+from weakseg.data.download import download
+from weakseg.data.synthetic import SynthConfig, generate
+from weakseg.data.voc import build_labels
+from weakseg.engine.logging import setup_logging
 from weakseg.errors import WeaksegError
+from weakseg.pipeline import RunConfig, load_run_config, run
+from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
+from weakseg.stages.eval_seg import EvalSegConfig, eval_seg
+from weakseg.stages.evaluate import EvalConfig, evaluate_folders
+from weakseg.stages.make_cams import MakeCamsConfig, make_cams
+from weakseg.stages.predict import PredictConfig, predict_images
+from weakseg.stages.pseudo import PseudoConfig, make_pseudo
+from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
+from weakseg.stages.train_cls import TrainClsConfig, train_cls
+from weakseg.stages.train_seg import TrainSegConfig, train_seg
+from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
 
 log = logging.getLogger("weakseg")
 
@@ -52,6 +68,7 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     synth_preset: str = "small"
+    task: str = "tags"
     method: str = "mcis"
     full_baseline: bool = False
     """also train a segmenter on the true masks (the fully supervised upper bound) for comparison
@@ -61,8 +78,6 @@ class DemoConfig:
 
 
 def _data_commands() -> dict[str, tuple[type, Callable]]:
-    from weakseg.data.synthetic import SynthConfig
-
     return {
         "synth": (SynthConfig, _synth),
         "build-labels": (BuildLabelsConfig, _build_labels),
@@ -72,17 +87,6 @@ def _data_commands() -> dict[str, tuple[type, Callable]]:
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
-    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
-    from weakseg.cams.make import MakeCamsConfig, make_cams
-    from weakseg.eval.folders import EvalConfig
-    from weakseg.methods.train import TrainClsConfig, train_cls
-    from weakseg.pipeline import RunConfig
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
-    from weakseg.refine.train_affinity import TrainAffinityConfig, train_affinity
-    from weakseg.seg.predict import EvalSegConfig, PredictConfig, eval_seg, predict_images
-    from weakseg.seg.train import TrainSegConfig, train_seg
-    from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
-
     return {
         "train-cls": (TrainClsConfig, train_cls),
         "make-cams": (MakeCamsConfig, make_cams),
@@ -115,22 +119,16 @@ def _print_result(fn: Callable) -> Callable:
 
 
 def _synth(cfg) -> None:
-    from weakseg.data.synthetic import generate
-
     t0 = time.perf_counter()
     root = generate(cfg)
     print(f"synthetic benchmark written to {root} in {time.perf_counter() - t0:.1f} s; samples: {root / 'samples.png'}")
 
 
 def _build_labels(cfg: BuildLabelsConfig) -> None:
-    from weakseg.data.voc import build_labels
-
     print(f"wrote {build_labels(cfg.root, cfg.splits)}")
 
 
 def _check(cfg: CheckConfig) -> None:
-    from weakseg.data.check import check_dataset, format_problems
-
     problems = check_dataset(cfg.root, fmt=cfg.fmt, split=cfg.split)
     print(format_problems(problems))
     if any(p.severity == "error" for p in problems):
@@ -138,33 +136,27 @@ def _check(cfg: CheckConfig) -> None:
 
 
 def _download(cfg: DownloadConfig) -> None:
-    from weakseg.data.download import download
-
     download(cfg.name, cfg.dest)
 
 
 def _eval(cfg) -> None:
-    from weakseg.eval.folders import evaluate_folders
-
     print(evaluate_folders(cfg).table())
 
 
 def _run(cfg) -> None:
-    from weakseg.pipeline import run
-
     summary = run(cfg)
     print(_summary_text(cfg.out, summary))
 
 
 def _demo(cfg: DemoConfig) -> None:
-    from weakseg.pipeline import RunConfig, run
-
     t0 = time.perf_counter()
-    base = RunConfig(out=cfg.out, synth_preset=cfg.synth_preset, method=cfg.method, seed=cfg.seed, device=cfg.device)
+    base = RunConfig(
+        out=cfg.out, synth_preset=cfg.synth_preset, task=cfg.task, method=cfg.method, seed=cfg.seed, device=cfg.device
+    )
     summary = run(base)
     print(_summary_text(cfg.out, summary))
     if cfg.full_baseline:
-        full = dataclasses.replace(base, out=cfg.out / "full", data=cfg.out / "data", supervision="full")
+        full = dataclasses.replace(base, out=cfg.out / "full", data=cfg.out / "data", task="full")
         fs = run(full)
         ratio = summary["segmenter"]["miou"] / max(fs["segmenter"]["miou"], 1e-9)
         print(
@@ -188,10 +180,8 @@ def _parse(commands: dict[str, tuple[type, Callable]], argv: list[str], prog: st
 
     if argv and argv[0] == "run" and "--config" in argv:
         # a JSON config supplies the defaults; options given on the command line override it
-        from weakseg.pipeline import RunConfig, load_run_config
-
         path = Path(argv[argv.index("--config") + 1])
-        default = RunConfig(**load_run_config(path))
+        default = load_run_config(path)
         cfg = tyro.cli(RunConfig, args=argv[1:], default=default, prog=f"{prog} run")
         return commands["run"][1], cfg
     types = {name: typ for name, (typ, _) in commands.items()}
@@ -203,8 +193,6 @@ def _parse(commands: dict[str, tuple[type, Callable]], argv: list[str], prog: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    from weakseg.engine.logging import setup_logging
-
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:

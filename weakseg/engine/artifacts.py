@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from weakseg.errors import DataError
+
 DONE = "DONE"
 
 
@@ -38,13 +40,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` as JSON-ready values: dataclasses and mappings as dicts, tuples as lists, paths as str."""
     if is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+        return {k: jsonable(v) for k, v in asdict(obj).items()}
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
@@ -54,7 +57,7 @@ def _jsonable(obj: Any) -> Any:
 
 def save_json(path: str | Path, obj: Any) -> Path:
     """Write a dataclass / mapping as indented JSON, atomically."""
-    text = json.dumps(_jsonable(obj), indent=2, sort_keys=False)
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False)
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
@@ -84,42 +87,11 @@ def save_png(path: str | Path, image: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def config_record(cfg: Any, drop: tuple[str, ...] = ("workers", "device")) -> dict:
-    """A stage config as JSON-ready values, without the fields that do not change its outputs.
-
-    Stages compare this with the record of a previous run to refuse mixing outputs of two configurations.
-    """
-    d = _jsonable(cfg)
-    for k in drop:
-        d.pop(k, None)
-    return d
-
-
-def trained_and_complete(out: str | Path, record: dict, what: str) -> bool:
-    """True when ``out`` already holds a complete training run of this configuration (skip it).
-
-    ``record`` is :func:`config_record` of the stage config; it is compared with the ``train`` entry of
-    ``out/config.json``. A different one raises a ConfigError (outputs of two configurations never mix);
-    an incomplete run of the same one returns False (resume it).
-    """
-    from weakseg.errors import ConfigError
-
-    cfg_path = Path(out) / "config.json"
-    if not cfg_path.is_file():
-        return False
-    previous = load_json(cfg_path).get("train")
-    if previous is not None and previous != record:
-        raise ConfigError(f"{out} holds {what} trained with another configuration; delete it or choose another --out")
-    return is_done(out)
-
-
 def require_complete_outputs(folder: str | Path, ids: list[str], suffix: str, what: str, stage: str) -> None:
     """Raise a DataError unless ``folder`` is a complete stage output with ``<id><suffix>`` for every id.
 
     ``what`` names the files (e.g. "pseudo label"), ``stage`` the command that makes them.
     """
-    from weakseg.errors import DataError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{what} folder {folder} does not exist; run {stage} first")

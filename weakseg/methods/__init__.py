@@ -1,11 +1,13 @@
-"""Classifier methods (one module each) and the training stage.
+"""Methods, one module each, registered in :data:`weakseg.methods.base.METHODS` when imported here.
 
-``METHODS`` (:mod:`weakseg.methods.registry`): ``cam`` (plain CAM) and ``mcis`` (MCIS, ECCV 2020).
-Stage: :func:`weakseg.methods.train.train_cls` (config :class:`weakseg.methods.train.TrainClsConfig`).
+- ``cam``: plain CAM classifier (:mod:`weakseg.methods.cam`)
+- ``mcis``: MCIS co-attention classifier, ECCV 2020 (:mod:`weakseg.methods.mcis`)
+
+Adding a method: one module with a :class:`~weakseg.methods.base.Method` subclass decorated by
+:func:`~weakseg.methods.base.register_method`, imported below (see ``docs/extending.md``).
 """
 
-from weakseg.methods.cam import PRESETS, CamNet, ClsHParams, get_preset
-from weakseg.methods.mcis import MCISNet, mcis_loss
-from weakseg.methods.registry import METHODS, Method, get_method
+from weakseg.methods import cam, mcis  # noqa: F401  (registers the methods)
+from weakseg.methods.base import METHODS, Method, create_method, get_method_class, register_method
 
-__all__ = ["METHODS", "PRESETS", "CamNet", "ClsHParams", "MCISNet", "Method", "get_method", "get_preset", "mcis_loss"]
+__all__ = ["METHODS", "Method", "create_method", "get_method_class", "register_method"]

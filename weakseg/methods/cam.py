@@ -1,4 +1,4 @@
-"""Plain CAM classifier (Zhou et al., CVPR 2016) in the form MCIS builds on, and the shared hyper-parameters.
+"""Plain CAM classifier (Zhou et al., CVPR 2016) in the form MCIS builds on: the ``cam`` method.
 
 Network (MCIS reference, ``Classifier/models/vgg.py``): backbone → head (``head_depth`` ×
 [``head_kernel``² conv to ``head_channels``, ReLU]; the paper: three 3×3 conv-512) → 1×1 conv to
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,29 +18,39 @@ from torch import nn
 
 from weakseg.backbones import Backbone
 from weakseg.cams.cam import View, apply_view, average_normalized, fuse_views, normalize_cams
-from weakseg.data.transforms import Jitter
-from weakseg.errors import ConfigError, unknown_name
+from weakseg.data.dataset import SegDataset
+from weakseg.data.recipes import image_batches
+from weakseg.data.transforms import Jitter, to_tensor
+from weakseg.errors import ConfigError
+from weakseg.losses import multilabel_loss
+from weakseg.methods.base import CamPredictor, LoaderContext, LoaderFactory, Method, register_method
 
 
 @dataclass(frozen=True)
-class ClsHParams:
-    """Classifier hyper-parameters. Defaults are the paper's (MCIS, ECCV 2020, official ``Classifier/`` code).
+class CamConfig:
+    """Hyper-parameters of a CAM classifier. Defaults are the MCIS reference's for its plain classifier branch.
 
-    The reference trains VGG-16 (stride 8) + three 3×3 conv-512 for 15 epochs, batch 5 pairs,
-    inputs resized to 256×256, SGD lr 1e-3 (×1/×2 backbone weights/biases, ×10/×20 new layers),
-    momentum 0.9 Nesterov, weight decay 5e-4, lr ×0.1 at epochs 5 and 10.
+    The reference (MCIS, ECCV 2020, official ``Classifier/`` code) trains VGG-16 (stride 8) + three 3×3
+    conv-512 for 15 epochs, batch 5, inputs resized to 256×256, SGD lr 1e-3 (×1/×2 backbone
+    weights/biases, ×10/×20 new layers), momentum 0.9 Nesterov, weight decay 5e-4, lr ×0.1 at epochs 5
+    and 10. Those values are the defaults here; the presets change them for CPU budgets and tests.
     """
 
     input_size: int = 256
-    """side of the square training input (the reference resizes every image to 256×256)"""
+    """side (px) of the square training input: every image is resized to it"""
     output_stride: int = 8
+    """backbone output stride (8, 16 or 32): the CAM grid is input_size / output_stride cells"""
     head_channels: int = 512
+    """channels of each head conv layer"""
     head_depth: int = 3
+    """conv layers between the backbone and the 1×1 classifier"""
     head_kernel: int = 3
+    """kernel size of the head convs"""
     epochs: int = 15
     batch_size: int = 5
-    """pairs per step for MCIS, images per step for plain CAM"""
+    """items per optimiser step (images for CAM, pairs for MCIS), over all torchrun processes together"""
     lr: float = 1e-3
+    """base learning rate (SGD)"""
     lr_mult: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)
     """lr multipliers of: backbone weights, backbone biases, new-layer weights, new-layer biases"""
     momentum: float = 0.9
@@ -50,40 +59,30 @@ class ClsHParams:
     lr_milestones: tuple[int, ...] = (5, 10)
     """epochs at which the lr is multiplied by ``lr_gamma``"""
     lr_gamma: float = 0.1
-    contrastive_from_epoch: int = 2
-    """0-based epoch from which the contrastive co-attention loss is added (the reference: 2)"""
-    self_pairs: tuple[tuple[float, bool], ...] = ((1.0, True), (0.75, False), (2.0, False))
-    """self-pair copies of the anchor as (scale, flip): flipped, 0.75× and 2× (the reference)"""
     jitter: Jitter = field(default_factory=Jitter)
+    """colour jitter of training images"""
     freeze_bn: bool = True
     """keep the backbone's BatchNorm statistics fixed (batches of 5 pairs are too small to estimate them)"""
     frozen_stages: int = 0
     """backbone stem + this many early stages kept at their ImageNet weights (as Detectron2's FREEZE_AT): their
-    backward pass is skipped. EfficientNet-Lite0 at 192 px, one thread: 2 stages frozen → step time -21 %"""
+    backward pass is skipped (cheaper steps)"""
     grad_clip: float = 0.0
     """clip the total gradient norm to this (0 = off, as the reference); the norm is logged as train/grad_norm"""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClsHParams:
-        d = dict(d)
-        d["jitter"] = Jitter(**d.get("jitter", {}))
-        d["self_pairs"] = tuple((float(s), bool(f)) for s, f in d.get("self_pairs", ()))
-        for k in ("lr_mult", "lr_milestones"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+    def check(self) -> None:
+        if self.input_size < 16 or self.output_stride not in (8, 16, 32):
+            raise ConfigError(f"input_size {self.input_size} / output_stride {self.output_stride} not supported")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be at least 1")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.frozen_stages < 0:
+            raise ConfigError(f"frozen_stages must be >= 0, got {self.frozen_stages}")
 
 
-# CPU: small input, stride 16, a 1×1 head, one self-pair copy (the flip; the 2× copy alone costs
-# 4 anchors), 4 epochs at a constant lr. Measured on 2 shared cores (1 torch thread), 2,000 images
-# of 128-160 px: ~2 min/epoch for cam, ~6-7 min/epoch for mcis (anchor + partner + flip copy);
-# 600 images (the demo's small set): ~30 s/epoch for cam, ~100 s/epoch for mcis.
-# Gradient-norm clip at 20: at 2,000 images an unclipped MCIS run diverged at step 981 of 1,000 (every
-# loss jumped at once and never recovered); the logged norms of healthy steps were 2.5-17.
-_CPU = ClsHParams(
+# CPU: small input, stride 16, a 1×1 head, 4 epochs at a constant lr, the gradient norm clipped at 20 (an
+# unclipped MCIS run diverged once at 2,000 images). Measurements: docs/methods/mcis.md.
+_CPU = CamConfig(
     input_size=128,
     output_stride=16,
     head_channels=256,
@@ -92,24 +91,18 @@ _CPU = ClsHParams(
     epochs=4,
     batch_size=8,
     lr_milestones=(),
-    contrastive_from_epoch=1,
-    self_pairs=((1.0, True),),
     grad_clip=20.0,
 )
 
-
-PRESETS: dict[str, ClsHParams] = {
+PRESETS: dict[str, CamConfig] = {
     # the paper's recipe (a GPU job)
-    "paper": ClsHParams(),
+    "paper": CamConfig(),
     "cpu": _CPU,
-    # what `weakseg run`/`demo` use: the cpu preset at input 192, without the self-pair copy, the stem and the
-    # stride-2/4 stages frozen. On the demo's 600 images of 112-128 px (one torch thread, seed 0, CAMs at
-    # 1/0.5/1.5/2 + flip; seed mIoU on train): cpu (128, flip copy) 41.5, 160 + flip copy 47.0, 160 45.7,
-    # 192 50.9, 192 + 2 frozen stages 50.6. Upsampling the small images is what helps: at stride 16 a 128-px
-    # input gives an 8x8 CAM.
-    "cpu192": dataclasses.replace(_CPU, input_size=192, self_pairs=(), frozen_stages=2),
+    # what `weakseg run`/`demo` use: the cpu preset at input 192 with the stem and the stride-2/4 stages frozen
+    # (the small synthetic images upsampled: at stride 16 a 128-px input gives an 8x8 CAM)
+    "cpu192": dataclasses.replace(_CPU, input_size=192, frozen_stages=2),
     # seconds: for tests with the tiny backbone
-    "tiny": ClsHParams(
+    "tiny": CamConfig(
         input_size=64,
         output_stride=8,
         head_channels=32,
@@ -119,19 +112,11 @@ PRESETS: dict[str, ClsHParams] = {
         batch_size=4,
         lr=1e-2,
         lr_milestones=(),
-        contrastive_from_epoch=1,
-        self_pairs=((1.0, True), (0.75, False)),
     ),
 }
 
 
-def get_preset(name: str) -> ClsHParams:
-    if name not in PRESETS:
-        raise unknown_name("preset", name, PRESETS)
-    return PRESETS[name]
-
-
-def make_head(in_channels: int, hp: ClsHParams) -> tuple[nn.Module, int]:
+def make_head(in_channels: int, hp: CamConfig) -> tuple[nn.Module, int]:
     """``head_depth`` × (conv ``head_kernel`` → ``head_channels``, ReLU); returns (module, out channels)."""
     layers: list[nn.Module] = []
     c = in_channels
@@ -141,17 +126,12 @@ def make_head(in_channels: int, hp: ClsHParams) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), c
 
 
-def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Multi-label soft-margin loss (mean over classes and rows), as in the reference."""
-    return F.multilabel_soft_margin_loss(logits, targets)
-
-
 class CamNet(nn.Module):
     """Backbone + head + 1×1 classifier. ``forward(images [B,3,S,S]) -> {"logits": [B, K]}``."""
 
     new_prefixes: tuple[str, ...] = ("head.", "classifier.")
 
-    def __init__(self, backbone: Backbone, num_classes: int, hp: ClsHParams):
+    def __init__(self, backbone: Backbone, num_classes: int, hp: CamConfig):
         super().__init__()
         self.backbone = backbone
         self.head, self.dim = make_head(backbone.out_channels, hp)
@@ -191,7 +171,7 @@ class CamNet(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.logits_of(self.features(images))}
 
-    def parameter_groups(self, hp: ClsHParams) -> list[dict]:
+    def parameter_groups(self, hp: CamConfig) -> list[dict]:
         """SGD groups: backbone weights/biases and new-layer weights/biases at ``hp.lr × hp.lr_mult``."""
         groups: list[list[nn.Parameter]] = [[], [], [], []]
         for name, p in self.named_parameters():
@@ -220,7 +200,6 @@ class CamNet(nn.Module):
         input_size: int,
         out_size: tuple[int, int],
         anchor_feats: dict[float, torch.Tensor] | None = None,
-        **_: Any,
     ) -> torch.Tensor:
         """Multi-scale + flip CAMs of one image for ``classes``: ``[1, 3, H, W]`` → ``[K', *out_size]`` in [0, 1].
 
@@ -253,12 +232,48 @@ def finish_cams(components: Sequence[torch.Tensor], out_size: tuple[int, int]) -
     return normalize_cams(fused).clamp_(0, 1)
 
 
-def check_hparams(hp: ClsHParams) -> None:
-    if hp.input_size < 16 or hp.output_stride not in (8, 16, 32):
-        raise ConfigError(f"input_size {hp.input_size} / output_stride {hp.output_stride} not supported")
-    if hp.epochs < 1 or hp.batch_size < 1:
-        raise ConfigError("epochs and batch_size must be at least 1")
-    if hp.grad_clip < 0:
-        raise ConfigError(f"grad_clip must be >= 0 (0 = off), got {hp.grad_clip}")
-    if hp.frozen_stages < 0:
-        raise ConfigError(f"frozen_stages must be >= 0, got {hp.frozen_stages}")
+class CamImagePredictor(CamPredictor):
+    """CAMs of one image at a time from its own multi-scale + flip views."""
+
+    def __init__(self, net: CamNet, ds: SegDataset, views: Sequence[View], input_size: int, device: torch.device):
+        self.net, self.ds, self.views, self.input_size, self.device = net, ds, list(views), input_size, device
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as ``float [1, 3, H, W]`` on the device."""
+        return to_tensor(self.ds.load_image(i))[None].to(self.device)
+
+    def __call__(self, i: int, classes: Sequence[int]) -> torch.Tensor:
+        image = self.image(i)
+        return self.net.predict_cams(image, classes, self.views, self.input_size, tuple(image.shape[-2:]))
+
+
+@register_method
+class CamMethod(Method):
+    """Plain CAM: the classifier trained on single images with the multi-label soft-margin loss."""
+
+    name = "cam"
+    task = "tags"
+    description = "plain CAM classifier (baseline)"
+    paper = (
+        "Zhou, Khosla, Lapedriza, Oliva, Torralba: Learning Deep Features for Discriminative Localization, CVPR 2016"
+    )
+    Config = CamConfig
+    presets = PRESETS
+
+    def build(self, backbone: Backbone, num_classes: int) -> CamNet:
+        return CamNet(backbone, num_classes, self.cfg)
+
+    def loader(self, ds: SegDataset, ctx: LoaderContext) -> LoaderFactory:
+        c = self.cfg
+        return image_batches(
+            ds, input_size=c.input_size, jitter=c.jitter, batch_size=c.batch_size, seed=ctx.seed, rank=ctx.rank,
+            world=ctx.world, workers=ctx.workers,
+        )  # fmt: skip
+
+    def step(self, net: nn.Module, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
+        return {"loss": multilabel_loss(net(batch["image"])["logits"], batch["label"])}
+
+    def cam_predictor(
+        self, net: nn.Module, ds: SegDataset, views: Sequence[View], device: torch.device, seed: int
+    ) -> CamImagePredictor:
+        return CamImagePredictor(net, ds, views, self.cfg.input_size, device)  # type: ignore[arg-type]

@@ -26,7 +26,10 @@ scales/flips, normalised, and averaged.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,7 +39,72 @@ from torch import nn
 from weakseg.backbones import Backbone
 from weakseg.cams.cam import View, apply_view, fuse_views
 from weakseg.cams.coattention import co_attend, co_attention, shared_labels, unshared_labels
-from weakseg.methods.cam import CamNet, ClsHParams, _views_by_scale, finish_cams, multilabel_loss
+from weakseg.data.dataset import SegDataset
+from weakseg.data.extra import ExtraSet, open_extra, parse_extra
+from weakseg.data.pairs import class_index, sample_partners
+from weakseg.data.recipes import pair_batches
+from weakseg.errors import ConfigError
+from weakseg.losses import multilabel_loss
+from weakseg.methods.base import LoaderContext, LoaderFactory, Method, register_method
+from weakseg.methods.cam import PRESETS as CAM_PRESETS
+from weakseg.methods.cam import (
+    CamConfig,
+    CamImagePredictor,
+    CamNet,
+    _views_by_scale,
+    finish_cams,
+)
+from weakseg.methods.mcis_extra import WebFilter, extra_pair_loss, query_scores, web_weights
+
+
+@dataclass(frozen=True)
+class MCISConfig(CamConfig):
+    """MCIS hyper-parameters: the CAM classifier's (:class:`CamConfig`) plus pairs, contrast and test-time pairing.
+
+    Training defaults are the official code's (``Classifier/train.py``); ``test_partners=3`` with self-pairs
+    is its test-time pairing (``Classifier/scripts/test.py``).
+    """
+
+    contrastive_from_epoch: int = 2
+    """0-based epoch from which the contrastive co-attention loss is added (the reference: 2)"""
+    self_pairs: tuple[tuple[float, bool], ...] = ((1.0, True), (0.75, False), (2.0, False))
+    """training self-pair copies of the anchor as (scale, flip): flipped, 0.75× and 2× (the reference)"""
+    test_partners: int = 3
+    """CAMs: partner images per labelled class whose co-attention maps are fused in (0 = plain-head CAMs only)"""
+    test_self_pairs: bool = True
+    """CAMs: add co-attention maps of the image paired with its own other views"""
+    cache_mb: int = 512
+    """CAMs: memory (MiB) for image features reused across pairs (partners recur); 0 = no cache"""
+    extra: tuple[str, ...] = ()
+    """extra training data (settings 2 and 3): single:DIR[:RATIO] (clean single-label images) or web:DIR[:RATIO]
+    (noisy web images); RATIO = extra pairs per main pair in each epoch (default 0.5)"""
+    web: WebFilter = field(default_factory=WebFilter)
+    """the web-pair noise filter (setting 3; see weakseg.methods.mcis_extra)"""
+
+    def check(self) -> None:
+        super().check()
+        if self.test_partners < 0 or self.cache_mb < 0:
+            raise ConfigError(f"test_partners and cache_mb must be >= 0, got {self.test_partners}, {self.cache_mb}")
+        for entry in self.extra:
+            parse_extra(entry)
+
+
+def _mcis(cam: CamConfig, **kw: Any) -> MCISConfig:
+    return MCISConfig(**{**{f.name: getattr(cam, f.name) for f in dataclasses.fields(cam)}, **kw})
+
+
+PRESETS: dict[str, MCISConfig] = {
+    "paper": _mcis(CAM_PRESETS["paper"]),
+    # one self-pair copy (the flip; the 2× copy alone costs 4 anchors); test-time pairing off: at CPU resolution
+    # the plain-head CAMs of the MCIS-trained classifier scored higher (docs/methods/mcis.md)
+    "cpu": _mcis(CAM_PRESETS["cpu"], contrastive_from_epoch=1, self_pairs=((1.0, True),), test_partners=0,
+                 test_self_pairs=False),
+    # what `weakseg run`/`demo` use: cpu at input 192 without the self-pair copy, stem + stride-2/4 stages frozen
+    "cpu192": _mcis(CAM_PRESETS["cpu192"], contrastive_from_epoch=1, self_pairs=(), test_partners=0,
+                    test_self_pairs=False),
+    "tiny": _mcis(CAM_PRESETS["tiny"], contrastive_from_epoch=1, self_pairs=((1.0, True), (0.75, False)),
+                  test_partners=1),
+}  # fmt: skip
 
 
 def _by_size(tensors: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
@@ -57,7 +125,7 @@ class MCISNet(CamNet):
 
     new_prefixes = (*CamNet.new_prefixes, "coatt.", "co_classifier.", "gate.")
 
-    def __init__(self, backbone: Backbone, num_classes: int, hp: ClsHParams):
+    def __init__(self, backbone: Backbone, num_classes: int, hp: MCISConfig):
         super().__init__(backbone, num_classes, hp)
         self.coatt = nn.Linear(self.dim, self.dim, bias=False)
         self.co_classifier = nn.Conv2d(self.dim, num_classes, 1, bias=False)
@@ -132,7 +200,6 @@ class MCISNet(CamNet):
         self_pairs: bool = True,
         anchor_feats: dict[float, torch.Tensor] | None = None,
         partner_feats: Sequence[dict[float, torch.Tensor]] | None = None,
-        **_: Any,
     ) -> torch.Tensor:
         """CAMs ``[K', *out_size]`` in [0, 1] of one image (``[1, 3, H, W]``) for ``classes``.
 
@@ -198,7 +265,7 @@ class MCISNet(CamNet):
         return fuse_views(maps, flips, grid)
 
 
-def mcis_loss(out: dict[str, Any], batch: dict, epoch: int, hp: ClsHParams) -> dict[str, torch.Tensor]:
+def mcis_loss(out: dict[str, Any], batch: dict, epoch: int, hp: MCISConfig) -> dict[str, torch.Tensor]:
     """The MCIS objective (sum of multi-label soft-margin terms); returns ``loss`` and its parts."""
     ya, yp = batch["label_a"], batch["label_p"]
     shared = shared_labels(ya, yp)
@@ -230,8 +297,126 @@ def mcis_loss(out: dict[str, Any], batch: dict, epoch: int, hp: ClsHParams) -> d
     return {"loss": loss, **parts}
 
 
-def mcis_step(net: nn.Module, batch: dict, epoch: int, hp: ClsHParams) -> dict[str, torch.Tensor]:
+def mcis_step(net: nn.Module, batch: dict, epoch: int, hp: MCISConfig) -> dict[str, torch.Tensor]:
     """One MCIS training step's losses (``net`` may be DDP-wrapped: everything goes through ``forward``)."""
     contrastive = epoch >= hp.contrastive_from_epoch
     out = net(batch["anchor"], batch["partner"], batch["views"], contrastive=contrastive)
     return mcis_loss(out, batch, epoch, hp)
+
+
+def extra_step(net: nn.Module, batch: dict, epoch: int, hp: MCISConfig) -> dict[str, torch.Tensor]:
+    """One step on a batch of any source, losses keyed per source (``main/co``, ``web/co``, ...).
+
+    ``net`` may be DDP-wrapped: everything goes through its ``forward``.
+    """
+    source = batch["source"]
+    if source == "main":
+        losses = mcis_step(net, batch, epoch, hp)
+        return {"loss": losses["loss"], **{f"main/{k}": v for k, v in losses.items() if k != "loss"}}
+    out = net(batch["anchor"], batch["partner"], (), contrastive=False)
+    logs: dict[str, torch.Tensor] = {}
+    weights = None
+    if source == "web":
+        scores = query_scores(out["co_a"], out["co_p"], batch["query"])
+        weights = web_weights(scores, epoch, hp.web)
+        logs = {"score": scores.mean(), "kept": (weights >= 1).float().mean()}
+    losses = extra_pair_loss(out, batch, weights)
+    logs = {"plain": losses["plain"], "co": losses["co"], **logs}
+    return {"loss": losses["loss"], **{f"{source}/{k}": v for k, v in logs.items()}}
+
+
+class FeatureCache:
+    """Head features of images under every view, kept in an LRU bounded in bytes.
+
+    Each image is also drawn as a partner of ~k images per class, so caching its features means the
+    backbone runs about once per image and view instead of once per pair.
+    """
+
+    def __init__(self, images: CamImagePredictor, net: CamNet, budget_bytes: int):
+        self.images, self.net, self.budget, self.used = images, net, budget_bytes, 0
+        self.items: OrderedDict[int, dict[float, torch.Tensor]] = OrderedDict()
+
+    def features(self, i: int, image: torch.Tensor | None = None) -> dict[float, torch.Tensor]:
+        if i in self.items:
+            self.items.move_to_end(i)
+            return self.items[i]
+        p = self.images
+        feats = self.net.view_features(p.image(i) if image is None else image, p.views, p.input_size)
+        self.items[i] = feats
+        self.used += sum(f.numel() * f.element_size() for f in feats.values())
+        while self.used > self.budget and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.used -= sum(f.numel() * f.element_size() for f in old.values())
+        return feats
+
+
+class MCISPredictor(CamImagePredictor):
+    """MCIS CAMs: plain-head CAMs + co-attention CAMs with ``test_partners`` partners per class + self-pairs."""
+
+    def __init__(self, net: MCISNet, ds: SegDataset, views: Sequence[View], cfg: MCISConfig, device, seed: int):
+        super().__init__(net, ds, views, cfg.input_size, device)
+        self.cfg, self.seed = cfg, seed
+        self.labels = [r.labels for r in ds.records]
+        self.members = class_index(self.labels, ds.num_classes)
+        # only partners recur: without pairing, caching would only hold memory
+        self.cache = FeatureCache(self, net, cfg.cache_mb * 2**20 if cfg.test_partners > 0 else 0)
+
+    def __call__(self, i: int, classes: Sequence[int]) -> torch.Tensor:
+        image = self.image(i)
+        kwargs: dict[str, Any] = {"self_pairs": self.cfg.test_self_pairs, "anchor_feats": self.cache.features(i, image)}
+        if self.cfg.test_partners > 0:
+            drawn = sample_partners(self.labels, self.members, i, self.cfg.test_partners, self.seed)
+            unique = sorted({j for js in drawn.values() for j in js})
+            pos = {j: n for n, j in enumerate(unique)}
+            kwargs["partner_feats"] = [self.cache.features(j) for j in unique]
+            kwargs["partner_rows"] = {c: [pos[j] for j in js] for c, js in drawn.items()}
+        net: MCISNet = self.net  # type: ignore[assignment]
+        return net.predict_cams(image, classes, self.views, self.input_size, tuple(image.shape[-2:]), **kwargs)
+
+
+@register_method
+class MCISMethod(Method):
+    """MCIS: the co-attention classifier trained on pairs (settings 1-3), CAMs fused over partners."""
+
+    name = "mcis"
+    task = "tags"
+    description = "co-attention classifier trained on image pairs (core method)"
+    paper = (
+        "Sun, Wang, Dai, Van Gool: Mining Cross-Image Semantics for Weakly Supervised Semantic Segmentation, ECCV 2020"
+    )
+    Config = MCISConfig
+    presets = PRESETS
+
+    def __init__(self, config: MCISConfig):
+        super().__init__(config)
+        self._extras: list[ExtraSet] | None = None
+
+    def build(self, backbone: Backbone, num_classes: int) -> MCISNet:
+        return MCISNet(backbone, num_classes, self.cfg)
+
+    def extras(self, ds: SegDataset) -> list[ExtraSet]:
+        if self._extras is None:
+            self._extras = [open_extra(parse_extra(e), ds.class_names) for e in self.cfg.extra]
+        return self._extras
+
+    def describe_data(self) -> dict[str, Any]:
+        if not self._extras:
+            return {}
+        return {"extra": [ex.describe() for ex in self._extras]}
+
+    def loader(self, ds: SegDataset, ctx: LoaderContext) -> LoaderFactory:
+        c = self.cfg
+        return pair_batches(
+            ds, input_size=c.input_size, jitter=c.jitter, batch_size=c.batch_size, self_pairs=c.self_pairs,
+            seed=ctx.seed, extras=self.extras(ds), rank=ctx.rank, world=ctx.world, workers=ctx.workers,
+        )  # fmt: skip
+
+    def step(self, net: nn.Module, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
+        if self.cfg.extra:
+            return extra_step(net, batch, epoch, self.cfg)
+        return mcis_step(net, batch, epoch, self.cfg)
+
+    def cam_predictor(
+        self, net: nn.Module, ds: SegDataset, views: Sequence[View], device: torch.device, seed: int
+    ) -> MCISPredictor:
+        return MCISPredictor(net, ds, views, self.cfg, device, seed)  # type: ignore[arg-type]

@@ -24,8 +24,8 @@ Design
   whose label is trusted, and it lets the main set's partners carry the extra data's objects into
   the co-attention. Extra images are never paired with each other. (Sampling:
   :class:`weakseg.data.extra.MixedPairSampler`.)
-- **[our choice] Amount.** ``--extra KIND:DIR:RATIO``: ``RATIO`` extra pairs per main pair in each
-  epoch (default 0.5), so an epoch has about ``(1 + Σ RATIO)`` × the main set's steps.
+- **[our choice] Amount.** ``--set extra=KIND:DIR:RATIO`` (several: comma-separated): ``RATIO`` extra pairs
+  per main pair in each epoch (default 0.5), so an epoch has about ``(1 + Σ RATIO)`` × the main set's steps.
 - **[our choice] Batches.** Each batch holds pairs of one source (main, or one extra set), the batches
   shuffled over the epoch. Main batches train with the full MCIS objective
   (:func:`weakseg.methods.mcis.mcis_loss`). Extra batches skip the anchor's self-pair copies and the
@@ -36,11 +36,11 @@ Design
   assumes complete labels, and web labels miss objects (a web image shows objects besides its query),
   so the contrastive branch would be taught that visible objects are absent.
 - **[our choice] Web noise filter: the co-attention votes.** A web image may not show its query
-  class at all. From epoch ``web_warmup`` on (default 1: after one warm-up epoch), each web pair gets a
+  class at all. From epoch ``web.warmup`` on (default 1: after one warm-up epoch), each web pair gets a
   score, the mean over both images of the co-attention classifier's probability
   ``σ(co logit)`` of the query class, computed in the same forward pass (no extra cost, not
-  differentiated). A pair scoring below ``web_threshold`` (default 0.5: the classifier does not
-  predict the class) is weighted ``web_weight`` (default 0: dropped; 1 turns the filter off). The idea:
+  differentiated). A pair scoring below ``web.threshold`` (default 0.5: the classifier does not
+  predict the class) is weighted ``web.weight`` (default 0: dropped; 1 turns the filter off). The idea:
   the partner surely shows the class, so the co-attention finds it in the web image only if it is
   there. The step's loss is divided by the number of pairs, not by the weights' sum, so dropped
   pairs do not scale up the rest. Single-label images are trusted and never filtered.
@@ -50,7 +50,7 @@ Design
   ones (AUC 0.72); threshold 0.5 kept 31/58 right and 1/6 wrong pairs, 0.4 kept 42/58 and 2/6, 0.3
   kept 54/58 and 5/6. One small run: a hint that the vote carries signal, not a tuned threshold. An
   immature classifier votes low for everything (a 2-epoch run of the ``tiny`` test preset kept no web
-  pair after its warm-up), so on short schedules raise ``web_warmup`` or lower ``web_threshold``; watch ``web/kept``.
+  pair after its warm-up), so on short schedules raise ``web.warmup`` or lower ``web.threshold``; watch ``web/kept``.
 - **[our choice] Logging.** With extra data every loss is logged per source: ``train/main/{plain,co,
   self,contrast}``, ``train/single/{plain,co}``, ``train/web/{plain,co,score,kept}`` (``score``: the mean
   vote; ``kept``: the fraction of web pairs at full weight). Several sets of one kind share curves.
@@ -63,12 +63,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from weakseg.cams.coattention import shared_labels
 from weakseg.errors import ConfigError
-from weakseg.methods.cam import ClsHParams
-from weakseg.methods.mcis import mcis_step
 
 
 @dataclass(frozen=True)
@@ -121,26 +118,3 @@ def extra_pair_loss(out: dict[str, Any], batch: dict, weights: torch.Tensor | No
     w = torch.ones_like(plain) if weights is None else weights.to(plain.dtype)
     loss = (w * (plain + co)).sum() / plain.shape[0]
     return {"loss": loss, "plain": plain.mean().detach(), "co": co.mean().detach()}
-
-
-def extra_step(
-    net: nn.Module, batch: dict, epoch: int, hp: ClsHParams, web: WebFilter = WebFilter()
-) -> dict[str, torch.Tensor]:
-    """One step on a batch of any source, losses keyed per source (``main/co``, ``web/co``, ...).
-
-    ``net`` may be DDP-wrapped: everything goes through its ``forward``.
-    """
-    source = batch["source"]
-    if source == "main":
-        losses = mcis_step(net, batch, epoch, hp)
-        return {"loss": losses["loss"], **{f"main/{k}": v for k, v in losses.items() if k != "loss"}}
-    out = net(batch["anchor"], batch["partner"], (), contrastive=False)
-    logs: dict[str, torch.Tensor] = {}
-    weights = None
-    if source == "web":
-        scores = query_scores(out["co_a"], out["co_p"], batch["query"])
-        weights = web_weights(scores, epoch, web)
-        logs = {"score": scores.mean(), "kept": (weights >= 1).float().mean()}
-    losses = extra_pair_loss(out, batch, weights)
-    logs = {"plain": losses["plain"], "co": losses["co"], **logs}
-    return {"loss": losses["loss"], **{f"{source}/{k}": v for k, v in logs.items()}}

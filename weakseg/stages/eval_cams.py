@@ -1,10 +1,8 @@
-"""Stage ``eval-cams``: mIoU of CAM seeds against the ground-truth masks, swept over thresholds.
+"""Stage ``eval-cams``: mIoU of CAM seeds (:mod:`weakseg.cams.seeds`) against the masks, swept over thresholds.
 
-Seeds (the usual WSSS protocol): at each pixel, ``argmax([t, cam_1, ..., cam_K'])`` with a constant
-background score ``t``: a pixel is foreground class ``c`` when its highest CAM (over the image's
-ground-truth classes) is ``c``'s and exceeds ``t``, background otherwise. One confusion matrix per
-threshold (classes ``background`` + foreground names); the best threshold is the one with the
-highest mIoU.
+One confusion matrix per threshold (classes ``background`` + foreground names); the best threshold is
+the one with the highest mIoU. It reads the split's ground-truth masks: a threshold picked here is tuned
+on those masks (the usual WSSS practice, said wherever it is used).
 """
 
 from __future__ import annotations
@@ -15,16 +13,25 @@ from pathlib import Path
 
 import numpy as np
 
+from weakseg.cams.seeds import DEFAULT_THRESHOLDS, top_class
+from weakseg.data.registry import open_dataset
 from weakseg.engine.artifacts import load_npz, save_json
 from weakseg.errors import ConfigError, DataError
+from weakseg.eval.metrics import ConfusionMatrix, segmentation_class_names
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
-
 
 @dataclass(frozen=True)
-class EvalCamsConfig:
+class EvalCamsOptions:
+    """Seed-evaluation options (nested as ``eval_cams`` in ``weakseg run``)."""
+
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    """background scores to sweep"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalCamsConfig(EvalCamsOptions):
     """Score CAM seeds (argmax over [threshold, CAMs]) against the masks; sweep the background threshold."""
 
     cams: Path
@@ -32,35 +39,13 @@ class EvalCamsConfig:
     data: Path
     fmt: str = "auto"
     split: str = "train"
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     out: Path | None = None
     """JSON file to write the results to"""
-
-
-def _top_class(cams: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel: the best class as a mask value (``c + 1``, ``uint8``) and its CAM score (``float32``)."""
-    if cams.shape[0] == 0:
-        return np.zeros(cams.shape[1:], np.uint8), np.zeros(cams.shape[1:], np.float32)
-    cams = cams.astype(np.float32)
-    label = (np.asarray(classes, np.int64)[cams.argmax(0)] + 1).astype(np.uint8)
-    return label, cams.max(0)
-
-
-def seeds_from_cams(cams: np.ndarray, classes: np.ndarray, threshold: float) -> np.ndarray:
-    """``uint8 [H, W]`` seed mask: ``argmax([threshold, cams])`` mapped to 0 = bg, ``c + 1`` = class c.
-
-    ``cams`` ``[K', H, W]`` of the classes ``classes`` ``[K']``. Ties go to the background.
-    """
-    label, peak = _top_class(cams, classes)
-    return np.where(peak > threshold, label, 0).astype(np.uint8)
 
 
 def eval_cams(cfg: EvalCamsConfig) -> dict:
     """mIoU of the seeds at every threshold; returns ``per_threshold``, ``best_threshold``, ``best_miou``,
     ``metrics`` (best threshold's :meth:`SegMetrics.to_dict`) and ``table`` (its text table)."""
-    from weakseg.data.registry import open_dataset
-    from weakseg.eval.metrics import ConfusionMatrix, segmentation_class_names
-
     if not cfg.thresholds:
         raise ConfigError("give at least one threshold")
     ds = open_dataset(cfg.data, cfg.split, cfg.fmt)
@@ -81,7 +66,7 @@ def eval_cams(cfg: EvalCamsConfig) -> dict:
         cams, classes = z["cams"], z["classes"]
         if cams.shape[1:] != gt.shape:
             raise DataError(f"{path}: CAMs {cams.shape[1:]} differ from the mask size {gt.shape}")
-        label, peak = _top_class(cams, classes)  # shared by all thresholds; only the fg test changes
+        label, peak = top_class(cams, classes)  # shared by all thresholds; only the fg test changes
         for t, cm in cms.items():
             cm.update(gt, np.where(peak > t, label, 0).astype(np.uint8))
         scored += 1
@@ -95,6 +80,7 @@ def eval_cams(cfg: EvalCamsConfig) -> dict:
         "best_threshold": float(best_key),
         "best_miou": round(float(best.miou), 6),
         "images": scored,
+        "masks_read": f"ground-truth masks of split {cfg.split!r} of {cfg.data}",
         "metrics": best.to_dict(),
         "table": best.table(),
     }

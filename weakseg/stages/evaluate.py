@@ -1,4 +1,4 @@
-"""Evaluate a folder of predicted masks against a folder of ground-truth masks (``weakseg eval``)."""
+"""Stage ``eval``: a folder of predicted masks against a folder of ground-truth masks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,317 @@
+"""Task recipes: for each kind of supervision, which stages run, in which order, reading and writing what.
+
+``weakseg run --task TASK --method METHOD`` runs the stages of ``TASKS[TASK]``; each stage reads the run's
+earlier folders and writes its own (:mod:`weakseg.engine.stage` contract: rerun skips, interrupted resumes).
+A task is open to the methods whose ``task`` attribute names it (:data:`weakseg.methods.METHODS`).
+Tasks whose methods are not implemented yet are listed in :data:`PLANNED` so that ``--task`` names them
+and says what is missing, instead of failing obscurely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weakseg.data.synthetic import SynthConfig, generate
+from weakseg.engine.artifacts import is_done, mark_done
+from weakseg.errors import ConfigError, unknown_name
+from weakseg.methods import METHODS
+from weakseg.refine.pseudo import PseudoOptions
+from weakseg.stages.eval_cams import EvalCamsConfig, EvalCamsOptions, eval_cams
+from weakseg.stages.eval_seg import EvalSegConfig, EvalSegOptions, eval_seg
+from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
+from weakseg.stages.pseudo import PseudoConfig, make_pseudo
+from weakseg.stages.train_aff import TrainAffinityConfig, TrainAffinityOptions, train_affinity
+from weakseg.stages.train_cls import TrainClsConfig, TrainClsOptions, train_cls
+from weakseg.stages.train_seg import TrainSegConfig, TrainSegOptions, train_seg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every stage's options, nested (``--cls.preset``, ``--pseudo.par-iters``, ``--seg.train.epochs`` ...)."""
+
+    cls: TrainClsOptions = field(default_factory=TrainClsOptions)
+    cams: MakeCamsOptions = field(default_factory=MakeCamsOptions)
+    eval_cams: EvalCamsOptions = field(default_factory=EvalCamsOptions)
+    aff: TrainAffinityOptions = field(default_factory=TrainAffinityOptions)
+    pseudo: PseudoOptions = field(default_factory=PseudoOptions)
+    seg: TrainSegOptions = field(default_factory=TrainSegOptions)
+    eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: where things are, the run-wide settings and the results so far."""
+
+    out: Path
+    data: Path
+    method: str
+    opts: RunOptions
+    fmt: str = "auto"
+    train_split: str = "train"
+    val_split: str = "val"
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def with_io(options: Any, config_cls: type, **io: Any) -> Any:
+    """The stage config ``config_cls`` with every option of ``options`` and the run's inputs/outputs ``io``."""
+    return config_cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)}, **io)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a task: its name (timing key), the folder it writes, and the function that runs it."""
+
+    name: str
+    folder: str
+    run: Callable[[RunContext], Any]
+    reads: tuple[str, ...] = ()
+    """folders of earlier stages it reads (for the docs and the order check)"""
+    when: Callable[[RunContext], bool] = lambda ctx: True
+    skippable: bool = True
+    """a complete output folder is skipped (evaluations always recompute)"""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A supervision type as a list of stages."""
+
+    name: str
+    supervision: str
+    description: str
+    stages: tuple[Stage, ...]
+    needs_method: bool = True
+
+
+# ---------------------------------------------------------------------------- stage runners
+
+
+def _cls(ctx: RunContext) -> Path:
+    cfg = with_io(
+        ctx.opts.cls,
+        TrainClsConfig,
+        data=ctx.data,
+        out=ctx.out / "cls",
+        method=ctx.method,
+        fmt=ctx.fmt,
+        split=ctx.train_split,
+        seed=ctx.seed,
+        device=ctx.device,
+        overwrite=ctx.overwrite,
+    )
+    return train_cls(cfg)
+
+
+def _cams(ctx: RunContext) -> Path:
+    cfg = with_io(
+        ctx.opts.cams,
+        MakeCamsConfig,
+        cls_dir=ctx.out / "cls",
+        data=ctx.data,
+        out=ctx.out / "cams",
+        fmt=ctx.fmt,
+        split=ctx.train_split,
+        seed=ctx.seed,
+        device=ctx.device,
+        overwrite=ctx.overwrite,
+    )
+    return make_cams(cfg)
+
+
+def _eval_cams(ctx: RunContext) -> dict:
+    cfg = with_io(
+        ctx.opts.eval_cams,
+        EvalCamsConfig,
+        cams=ctx.out / "cams",
+        data=ctx.data,
+        fmt=ctx.fmt,
+        split=ctx.train_split,
+        out=ctx.out / "eval" / "cams.json",
+    )
+    seeds = eval_cams(cfg)
+    ctx.summary["seeds"] = {"miou": seeds["best_miou"], "threshold": seeds["best_threshold"]}
+    ctx.results["seeds"] = seeds
+    return seeds
+
+
+def aff_thresholds(seeds: dict) -> dict:
+    """AffinityNet seed thresholds from the seed sweep's best background threshold ``t``.
+
+    Foreground seeds where the highest CAM is at least ``t + 0.1`` and background below ``t - 0.2``
+    (clipped to [0.05, 0.95]): the band around ``t`` is where the seeds are wrong most often, and
+    AffinityNet only needs confident pairs; asymmetric because CAMs cover too little of the objects.
+    The sweep reads the train masks; without it train-aff's defaults (0.8 / 0.5) are used.
+    """
+    best = seeds.get("best_threshold")
+    if best is None or seeds.get("best_miou") is None:
+        log.info("no seed sweep (no masks): AffinityNet seeds use train-aff's default thresholds")
+        return {}
+    fg = round(min(0.95, float(best) + 0.1), 2)
+    bg = round(min(fg, max(0.05, float(best) - 0.2)), 2)
+    return {"fg_threshold": fg, "bg_threshold": bg}
+
+
+def _aff(ctx: RunContext) -> Path:
+    opts = ctx.opts.aff
+    if opts.fg_threshold is None and opts.bg_threshold is None:
+        opts = dataclasses.replace(opts, **aff_thresholds(ctx.results.get("seeds", {})))
+    cfg = with_io(
+        opts,
+        TrainAffinityConfig,
+        cams=ctx.out / "cams",
+        data=ctx.data,
+        out=ctx.out / "aff",
+        fmt=ctx.fmt,
+        split=ctx.train_split,
+        seed=ctx.seed,
+        device=ctx.device,
+        overwrite=ctx.overwrite,
+    )
+    ctx.summary["aff"] = {"fg_threshold": cfg.thresholds[0], "bg_threshold": cfg.thresholds[1]}
+    return train_affinity(cfg)
+
+
+def _uses_rw(ctx: RunContext) -> bool:
+    return ctx.opts.pseudo.refiner == "rw"
+
+
+def _pseudo(ctx: RunContext) -> dict:
+    cfg = with_io(
+        ctx.opts.pseudo,
+        PseudoConfig,
+        cams=ctx.out / "cams",
+        data=ctx.data,
+        out=ctx.out / "pseudo",
+        fmt=ctx.fmt,
+        split=ctx.train_split,
+        seeds=ctx.out / "eval" / "cams.json",
+        affinity=ctx.out / "aff" if _uses_rw(ctx) else None,
+        overwrite=ctx.overwrite,
+    )
+    pseudo = make_pseudo(cfg)
+    ctx.summary["pseudo"] = {
+        "miou": pseudo.get("miou"),  # ignored pixels counted as background (IRN's convention)
+        "miou_non_ignored": (pseudo.get("scored") or {}).get("miou"),
+        "ignored_fraction": pseudo.get("ignored_fraction"),
+        "bg_threshold": pseudo.get("bg_threshold"),
+    }
+    return pseudo
+
+
+def _seg(supervision: str) -> Callable[[RunContext], Path]:
+    def run(ctx: RunContext) -> Path:
+        labels = ctx.out / "pseudo" if supervision == "pseudo" else None
+        cfg = with_io(
+            ctx.opts.seg,
+            TrainSegConfig,
+            data=ctx.data,
+            out=ctx.out / "seg",
+            labels=labels,
+            supervision=supervision,
+            fmt=ctx.fmt,
+            split=ctx.train_split,
+            seed=ctx.seed,
+            device=ctx.device,
+            overwrite=ctx.overwrite,
+        )
+        return train_seg(cfg)
+
+    return run
+
+
+def _eval_seg(ctx: RunContext) -> dict:
+    cfg = with_io(
+        ctx.opts.eval_seg,
+        EvalSegConfig,
+        seg_dir=ctx.out / "seg",
+        data=ctx.data,
+        out=ctx.out / "eval" / "seg",
+        fmt=ctx.fmt,
+        split=ctx.val_split,
+        device=ctx.device,
+    )
+    result = eval_seg(cfg)
+    ctx.summary["segmenter"] = {"miou": result["miou"], "split": ctx.val_split}
+    return result
+
+
+# ---------------------------------------------------------------------------- the registry
+
+_EVAL_SEG = Stage("eval-seg", "eval/seg", _eval_seg, reads=("seg",), skippable=False)
+
+TASKS: dict[str, Task] = {
+    "tags": Task(
+        "tags",
+        supervision="image-level labels",
+        description="classifier -> CAMs -> pseudo labels -> segmenter (MCIS, CAM)",
+        stages=(
+            Stage("cls", "cls", _cls, reads=("data",)),
+            Stage("cams", "cams", _cams, reads=("cls", "data")),
+            Stage("eval-cams", "eval", _eval_cams, reads=("cams", "data"), skippable=False),
+            Stage("aff", "aff", _aff, reads=("cams", "data"), when=_uses_rw),
+            Stage("pseudo", "pseudo", _pseudo, reads=("cams", "data", "aff")),
+            Stage("seg", "seg", _seg("pseudo"), reads=("pseudo", "data")),
+            _EVAL_SEG,
+        ),
+    ),
+    "full": Task(
+        "full",
+        supervision="full masks",
+        description="segmenter trained on the true masks (the upper bound of every weak task)",
+        stages=(Stage("seg", "seg", _seg("full"), reads=("data",)), _EVAL_SEG),
+        needs_method=False,
+    ),
+}
+
+PLANNED: dict[str, str] = {
+    "box": "bounding boxes -> pseudo labels -> segmenter (A2GNN)",
+    "scribble": "scribbles -> segmenter (DFR)",
+    "saliency": "scribble salient-object detection (SCWSSOD)",
+    "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
+    "semi-supervised": "a few labelled + many unlabelled volumes (ABD)",
+    "co-saliency": "groups sharing a salient object (DCFM)",
+    "video": "first-frame box -> object masks (FTMU)",
+}
+"""task slots whose methods are not implemented yet: named by ``--task``, refused with this description"""
+
+
+def get_task(name: str) -> Task:
+    if name in PLANNED:
+        raise ConfigError(
+            f"task {name!r} ({PLANNED[name]}) has no implemented method yet; available: {', '.join(TASKS)}"
+        )
+    if name not in TASKS:
+        raise unknown_name("task", name, [*TASKS, *PLANNED])
+    return TASKS[name]
+
+
+def methods_of(task: str) -> list[str]:
+    """Registered methods that plug into ``task``."""
+    return sorted(n for n, m in METHODS.items() if m.task == task)
+
+
+def check_method(task: Task, method: str) -> None:
+    if not task.needs_method:
+        return
+    valid = methods_of(task.name)
+    if method not in valid:
+        raise ConfigError(f"method {method!r} does not run task {task.name!r}; its methods: {', '.join(valid)}")
+
+
+def synthesize(folder: Path, preset: str, seed: int) -> Path:
+    """The synthetic benchmark in ``folder`` (skipped when already complete)."""
+    if is_done(folder):
+        return folder
+    generate(SynthConfig(out=folder, seed=seed, size=preset))
+    mark_done(folder, {"preset": preset, "seed": seed})
+    return folder
