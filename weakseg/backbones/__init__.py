@@ -13,7 +13,7 @@ from weakseg.backbones.base import Backbone
 from weakseg.backbones.efficientnet_lite import EfficientNetLiteBackbone, load_efficientnet_lite_weights
 from weakseg.backbones.timm_models import TimmBackbone
 from weakseg.backbones.tiny import TinyBackbone
-from weakseg.errors import unknown_name
+from weakseg.errors import ConfigError, unknown_name
 
 __all__ = [
     "BACKBONES",
@@ -30,8 +30,6 @@ def _lite0(weights: Path | None, output_stride: int, pretrained: bool) -> Backbo
 
 
 def _tiny(weights: Path | None, output_stride: int, pretrained: bool) -> Backbone:
-    from weakseg.errors import ConfigError
-
     if weights is not None:
         raise ConfigError("the tiny backbone is random; it takes no --weights")
     return TinyBackbone(output_stride)

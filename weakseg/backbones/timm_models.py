@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from weakseg.backbones.base import Backbone
+from weakseg.engine.checkpoint import load_weights_file
 from weakseg.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -19,8 +20,6 @@ def load_timm_weights(model: torch.nn.Module, path: Path, name: str) -> None:
     The classifier tensors of the file (timm's ``pretrained_cfg['classifier']``) are dropped; any
     other missing/unexpected key or shape mismatch is an error naming the first offenders.
     """
-    from weakseg.engine.checkpoint import load_weights_file
-
     state = load_weights_file(path)
     classifier = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
     heads = classifier if isinstance(classifier, (list, tuple)) else [classifier] if classifier else []

@@ -1,19 +1,7 @@
-"""Evaluation: confusion-matrix mIoU, precision/recall, tables and JSON, and the metric registry.
+"""Evaluation: pure metric functions and their registry (:mod:`weakseg.eval.registry`).
 
-The registry names (``METRICS``, ``MetricSpec``, ``get_metric``, ``list_metrics``, ``register_metric``)
-are loaded on first use, so importing :mod:`weakseg.eval` stays cheap.
+- :mod:`weakseg.eval.metrics`: confusion-matrix mIoU / precision / recall, FB-IoU;
+- :mod:`weakseg.eval.medical`: Dice, Jaccard, HD95, ASD (medpy backend for the distances);
+- :mod:`weakseg.eval.sod`: MAE, Fβ, Sα, Eξ (saliency);
+- :mod:`weakseg.eval.video`: DAVIS J, F, J&F.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["METRICS", "MetricSpec", "get_metric", "list_metrics", "register_metric"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from weakseg.eval import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

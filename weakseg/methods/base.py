@@ -35,6 +35,7 @@ from torch import nn
 from weakseg.backbones import Backbone
 from weakseg.config import apply_overrides, config_from_dict
 from weakseg.data.dataset import SegDataset
+from weakseg.engine.trainer import step_lr
 from weakseg.errors import ConfigError, unknown_name
 
 LoaderFactory = tuple[Callable[[int], Iterable], int]
@@ -89,8 +90,6 @@ class Method:
 
     def lr_factor(self, steps_per_epoch: int) -> Callable[[int], float]:
         """Learning-rate factor by step; default: ×``lr_gamma`` at each epoch of ``lr_milestones``."""
-        from weakseg.engine.trainer import step_lr
-
         return step_lr(steps_per_epoch, tuple(self.cfg.lr_milestones), self.cfg.lr_gamma)
 
     @property

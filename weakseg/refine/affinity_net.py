@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weakseg.backbones import Backbone
+from weakseg.backbones import Backbone, create_backbone
 from weakseg.engine.artifacts import load_json
 from weakseg.engine.checkpoint import load_model
 from weakseg.errors import ConfigError
@@ -54,8 +54,6 @@ class AffinityNet(nn.Module):
 def build_affinity_net(
     backbone: str, output_stride: int, dim: int, weights: Path | None = None, pretrained: bool = True
 ) -> AffinityNet:
-    from weakseg.backbones import create_backbone
-
     return AffinityNet(create_backbone(backbone, weights, output_stride, pretrained), dim)
 
 

@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weakseg.backbones import create_backbone, load_efficientnet_lite_weights
+from weakseg.backbones.tiny import TinyBackbone
+from weakseg.engine.artifacts import load_json, save_json
+from weakseg.engine.checkpoint import load_model, save_model
 from weakseg.errors import ConfigError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -81,8 +85,6 @@ def _lite0_encoder_state(encoder_weights: str | Path) -> dict[str, torch.Tensor]
     """State dict of a timm ``tf_efficientnet_lite0`` (no classifier) with ImageNet or user weights."""
     import timm
 
-    from weakseg.backbones import load_efficientnet_lite_weights
-
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
     weights = None if str(encoder_weights) == IMAGENET else Path(encoder_weights)
     load_efficientnet_lite_weights(full, "lite0", weights)
@@ -129,8 +131,6 @@ class LargeFOV(nn.Module):
 
 
 def _largefov(num_classes: int, encoder_weights: str | Path | None) -> Segmenter:
-    from weakseg.backbones import create_backbone
-
     weights = None if encoder_weights is None or str(encoder_weights) == IMAGENET else Path(encoder_weights)
     backbone = create_backbone("efficientnet-lite0", weights, output_stride=8, pretrained=encoder_weights is not None)
     mean, std = tuple(backbone.mean.flatten().tolist()), tuple(backbone.std.flatten().tolist())
@@ -148,8 +148,6 @@ class _Tiny(nn.Module):
 
 
 def _tiny(num_classes: int, encoder_weights: str | Path | None) -> Segmenter:
-    from weakseg.backbones.tiny import TinyBackbone
-
     if encoder_weights is not None and str(encoder_weights) != IMAGENET:
         raise ConfigError("the tiny segmenter is random; it takes no weights file")
     backbone = TinyBackbone(output_stride=8)
@@ -194,9 +192,6 @@ class SegmenterInfo:
 
 def save_segmenter(folder: str | Path, model: nn.Module, info: SegmenterInfo, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (``info`` fields + ``extra``) into ``folder``."""
-    from weakseg.engine.artifacts import save_json
-    from weakseg.engine.checkpoint import save_model
-
     folder = Path(folder)
     save_model(folder / "model.safetensors", model)
     save_json(folder / "config.json", {**_info_dict(info), **(extra or {})})
@@ -209,9 +204,6 @@ def _info_dict(info: SegmenterInfo) -> dict:
 
 def load_segmenter(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Segmenter, SegmenterInfo]:
     """Rebuild a trained segmenter from ``folder`` (``config.json`` + ``model.safetensors``), in eval mode."""
-    from weakseg.engine.artifacts import load_json
-    from weakseg.engine.checkpoint import load_model
-
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():

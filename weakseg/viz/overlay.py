@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from weakseg.data.palette import colorize
+from weakseg.data.registry import open_dataset
+from weakseg.engine.artifacts import load_npz, save_png
+
 log = logging.getLogger(__name__)
 
 
@@ -60,10 +64,6 @@ def render_cam_grid(
     cams_dir: str | Path, data: str | Path, split: str, out_png: str | Path, n: int = 8, fmt: str = "auto"
 ) -> Path:
     """PNG grid of the first ``n`` images having labels and a CAM file: image | CAM per class | GT mask."""
-    from weakseg.data.palette import colorize
-    from weakseg.data.registry import open_dataset
-    from weakseg.engine.artifacts import load_npz, save_png
-
     ds = open_dataset(data, split, fmt)
     cams_dir = Path(cams_dir)
     rows: list[list[Image.Image]] = []

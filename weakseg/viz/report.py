@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from weakseg.engine.artifacts import atomic_write_bytes
+from weakseg.data.palette import mask_to_png
+from weakseg.data.registry import open_dataset
+from weakseg.engine.artifacts import atomic_write_bytes, load_npz
 
 THUMB = 160
 
@@ -29,8 +31,6 @@ def _png_b64(arr: np.ndarray) -> str:
 
 
 def _colour_mask(mask: np.ndarray) -> np.ndarray:
-    from weakseg.data.palette import mask_to_png
-
     return np.asarray(mask_to_png(mask).convert("RGB"))
 
 
@@ -84,9 +84,6 @@ def _per_class_table(stages: dict[str, dict]) -> str:
 def write_report(
     run_dir: Path, data: Path, fmt: str = "auto", train_split: str = "train", val_split: str = "val", n_images: int = 8
 ) -> Path:
-    from weakseg.data.registry import open_dataset
-    from weakseg.engine.artifacts import load_npz
-
     run_dir = Path(run_dir)
     summary = _read_json(run_dir / "summary.json") or {}
     cams_eval = _read_json(run_dir / "eval" / "cams.json")
