@@ -18,7 +18,7 @@ import numpy as np
 from weakseg.data.dataset import bad_mask_values
 from weakseg.data.images import display_path, expected_format, load_mask, probe_image
 from weakseg.data.labels import labels_from_mask
-from weakseg.data.registry import FORMATS, SCANS, SPLITS, detect_format
+from weakseg.data.registry import FORMATS, detect_format
 from weakseg.data.scan import ERROR, WARNING, Problem
 from weakseg.data.scan import Entry as Entry  # re-exported: loaders imported these from here before
 from weakseg.data.scan import Scan as Scan
@@ -142,7 +142,7 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None)
     elif fmt not in FORMATS:
         raise unknown_name("dataset format", fmt, FORMATS)
     problems: list[Problem] = _non_utf8_names(root)
-    chosen = [split] if split is not None else SPLITS[fmt](root)
+    chosen = [split] if split is not None else FORMATS[fmt].splits(root)
     if not chosen:
         problems.append(
             Problem(display_path(root), "no_splits", f"{display_path(root)} has no split ({fmt} format)", "add one")
@@ -154,7 +154,7 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None)
     names: tuple[str, ...] = ()
     for sp in chosen:
         try:
-            s = SCANS[fmt](root, sp)
+            s = FORMATS[fmt].scan(root, sp)
         except DataError as e:
             problems.append(Problem(display_path(root), "split", str(e), "fix the split or the layout"))
             continue

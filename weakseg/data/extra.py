@@ -41,7 +41,7 @@ import torch
 
 from weakseg.data.dataset import SegDataset
 from weakseg.data.pairs import PairDataset, PairSampler, SelfView, collate_pairs
-from weakseg.data.registry import FORMATS, SPLITS, detect_format, open_dataset
+from weakseg.data.registry import FORMATS, detect_format, open_dataset
 from weakseg.data.transforms import Jitter, color_jitter, load_square
 from weakseg.errors import ConfigError, WeaksegError, unknown_name
 
@@ -98,7 +98,7 @@ def _train_split(root: Path, fmt: str) -> tuple[str, str]:
     fmt = detect_format(root) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise unknown_name("dataset format", fmt, [*FORMATS, "auto"])
-    splits = SPLITS[fmt](root)
+    splits = FORMATS[fmt].splits(root)
     for split in ["train", *(s for s in splits if s.startswith("train")), "all"]:
         if split in splits:
             return fmt, split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from weakseg.data import coco, folder, voc, yolo
@@ -11,56 +12,64 @@ from weakseg.data.images import display_path
 from weakseg.data.scan import Scan
 from weakseg.errors import DataError, unknown_name
 
-FORMATS: dict[str, type[SegDataset]] = {
-    "voc": voc.VOCDataset,
-    "coco": coco.COCODataset,
-    "yolo": yolo.YOLODataset,
-    "folder": folder.FolderDataset,
-}
-SPLITS: dict[str, Callable[[Path], list[str]]] = {
-    "voc": voc.available_splits,
-    "coco": coco.available_splits,
-    "yolo": yolo.available_splits,
-    "folder": folder.available_splits,
-}
-"""Each format's ``available_splits(root)``: the split names present in a folder."""
-SCANS: dict[str, Callable[[Path, str], Scan]] = {
-    "voc": voc.scan,
-    "coco": coco.scan,
-    "yolo": yolo.scan,
-    "folder": folder.scan,
-}
-"""Each format's ``scan(root, split)``: the split indexed without decoding pixels, problems collected."""
 
-_LAYOUTS = """\
-  voc:    JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt
-  coco:   annotations/instances_<split>2014.json, <split>2014/
-  yolo:   images/, labels/*.txt (polygons), classes.txt
-  folder: images/, labels.csv and/or masks/, classes.txt"""
+@dataclass(frozen=True)
+class Format:
+    """A dataset format: its loader, how to recognise its folder, list its splits and scan one without decoding."""
+
+    dataset: Callable[[Path, str], SegDataset]
+    """``dataset(root, split)``: the loader"""
+    detect: Callable[[Path], bool]
+    """``detect(root)``: whether a folder has this layout"""
+    splits: Callable[[Path], list[str]]
+    """``splits(root)``: the split names present"""
+    scan: Callable[[Path, str], Scan]
+    """``scan(root, split)``: the split indexed without decoding pixels, problems collected (``weakseg data check``)"""
+    layout: str
+    """one line describing the files it expects (shown when no format matches)"""
+
+
+FORMATS: dict[str, Format] = {
+    "coco": Format(coco.COCODataset, coco.is_coco, coco.available_splits, coco.scan,
+                   "annotations/instances_<split>2014.json, <split>2014/"),
+    "voc": Format(voc.VOCDataset, voc.is_voc, voc.available_splits, voc.scan,
+                  "JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt"),
+    "yolo": Format(yolo.YOLODataset, yolo.is_yolo, yolo.available_splits, yolo.scan,
+                   "images/, labels/*.txt (polygons), classes.txt"),
+    "folder": Format(folder.FolderDataset, folder.is_folder, folder.available_splits, folder.scan,
+                     "images/, labels.csv and/or masks/, classes.txt"),
+}  # fmt: skip
+"""Every dataset format by name; ``auto`` tries them in this order (the most specific layouts first)."""
+
+
+def register_format(name: str, fmt: Format, *, first: bool = False) -> Format:
+    """Add a format (``first``: try it before the others in ``auto`` detection)."""
+    if name in FORMATS or name == "auto":
+        raise DataError(f"dataset format {name!r} is already registered")
+    items = [(name, fmt), *FORMATS.items()] if first else [*FORMATS.items(), (name, fmt)]
+    FORMATS.clear()
+    FORMATS.update(items)
+    return fmt
 
 
 def detect_format(root: str | Path) -> str:
-    """The format of a dataset folder, from the files present (order: coco, voc, yolo, folder)."""
+    """The format of a dataset folder, from the files present (the first of :data:`FORMATS` that matches)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {display_path(root)}; check the path (or download/generate it)")
-    for name, test in (
-        ("coco", coco.is_coco),
-        ("voc", voc.is_voc),
-        ("yolo", yolo.is_yolo),
-        ("folder", folder.is_folder),
-    ):
-        if test(root):
+    for name, fmt in FORMATS.items():
+        if fmt.detect(root):
             return name
-    raise DataError(f"cannot tell the format of {display_path(root)}; expected one of these layouts:\n{_LAYOUTS}")
+    layouts = "\n".join(f"  {name + ':':<8}{fmt.layout}" for name, fmt in FORMATS.items())
+    raise DataError(f"cannot tell the format of {display_path(root)}; expected one of these layouts:\n{layouts}")
 
 
 def open_dataset(root: str | Path, split: str = "train", fmt: str = "auto") -> SegDataset:
-    """Open one split of a dataset. ``fmt``: auto, voc, coco, yolo or folder."""
+    """Open one split of a dataset. ``fmt``: auto or a name of :data:`FORMATS` (voc, coco, yolo, folder)."""
     root = Path(root)
     if fmt != "auto" and fmt not in FORMATS:
         raise unknown_name("dataset format", fmt, [*FORMATS, "auto"])
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {display_path(root)}; check the path (or download/generate it)")
     name = detect_format(root) if fmt == "auto" else fmt
-    return FORMATS[name](root, split)
+    return FORMATS[name].dataset(root, split)
