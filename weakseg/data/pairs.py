@@ -102,16 +102,22 @@ def sample_partners(
     index: int,
     k: int,
     seed: int = 0,
+    include_self: bool = False,
 ) -> dict[int, list[int]]:
     """For each class of image ``index``: ``k`` partner indices carrying that class (with replacement).
 
-    The anchor itself is excluded unless it is the only image of the class. ``members`` comes from
-    :func:`class_index`. Deterministic in ``(seed, index)``.
+    The anchor itself is excluded unless it is the only image of the class, or ``include_self`` is set
+    (any image of the class, the anchor included, as the reference's ``random.choices`` in
+    ``Classifier/utils/LoadData.py`` draws). ``members`` comes from :func:`class_index`. Deterministic in
+    ``(seed, index)``.
     """
     rng = np.random.default_rng((seed, 1, index))
     out: dict[int, list[int]] = {}
     for c in labels[index]:
-        out[int(c)] = [_draw_partner(rng, index, members[c]) for _ in range(k)]
+        if include_self:
+            out[int(c)] = [int(j) for j in members[c][rng.integers(len(members[c]), size=k)]]
+        else:
+            out[int(c)] = [_draw_partner(rng, index, members[c]) for _ in range(k)]
     return out
 
 

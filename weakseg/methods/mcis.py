@@ -9,8 +9,9 @@ sharing a class, with head features ``F_m``, ``F_n``:
   the two images share;
 - a gate ``g = σ(conv1×1(F^co))`` (bias-free, one channel) marks the shared regions; the *same*
   co-attention classifier scores the contrastive features ``F ⊙ (1 − g)``: target = the image's
-  classes minus the shared ones (added from epoch ``contrastive_from_epoch``, only for rows whose
-  target is non-empty; the reference adds it for the whole batch when any row is non-empty);
+  classes minus the shared ones (added from epoch ``contrastive_from_epoch``; ``contrastive_rows``
+  chooses the rows: ``nonempty``, only rows whose target is non-empty, or ``all``, as the reference's
+  ``train.py``: the whole batch, all-negative targets included, once any row is non-empty);
 - self-pairs: the anchor paired with transformed copies of itself (flip, 0.75×, 2× in the
   reference): plain and co logits of both vs the anchor's labels, no contrastive term.
 
@@ -18,17 +19,25 @@ All losses are multi-label soft-margin losses, summed as in the reference. Effic
 of a step (anchors, partners, self-pair copies) goes through the backbone exactly once, images of
 the same size in one batch; the anchor's features are reused for all its pairs.
 
-At test time (:meth:`MCISNet.predict_cams`), for each class c of an image, ``k`` partners with
-class c give co-attention maps (channel c, averaged over partners); self-pairs pair the base view
-with every other view; plain CAMs, partner co-attention CAMs and self-pair CAMs are each fused over
-scales/flips, normalised, and averaged.
+At test time the CAMs are fused by one of :data:`TEST_FUSIONS` (``test_fusion``):
+
+- ``weakseg`` (:meth:`MCISNet.predict_cams`): for each class c of an image, ``k`` partners with class
+  c give co-attention maps (channel c, averaged over partners); self-pairs pair the base view with
+  every other view; plain CAMs, partner co-attention CAMs and self-pair CAMs are each fused over
+  make-cams' scales/flips, normalised, and averaged. With ``test_partners=0`` and no self-pairs it is
+  exactly the plain CAM network's prediction (what ``cpu192`` uses).
+- ``official`` (:meth:`MCISNet.official_cams`): the reference's ``Classifier/scripts/test.py``:
+  co-attention maps only, A/B/C/D from the image paired with its flipped, 0.75× and 2× copies and P
+  from ``test_partners`` partners per class (drawn with replacement, the image itself allowed), gated
+  and fused by :func:`weakseg.cams.mcis_fusion.official_fusion`; it uses its own views (1×, flip,
+  0.75×, 2×) and ignores make-cams' scales.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +48,12 @@ from torch import nn
 from weakseg.backbones import Backbone
 from weakseg.cams.cam import View, apply_view, fuse_views
 from weakseg.cams.coattention import co_attend, co_attention, shared_labels, unshared_labels
+from weakseg.cams.mcis_fusion import finish_official, official_fusion, to_base_grid
 from weakseg.data.dataset import SegDataset
 from weakseg.data.extra import ExtraSet, open_extra, parse_extra
 from weakseg.data.pairs import class_index, sample_partners
 from weakseg.data.recipes import pair_batches
-from weakseg.errors import ConfigError
+from weakseg.errors import ConfigError, unknown_name
 from weakseg.losses import multilabel_loss
 from weakseg.methods.base import LoaderContext, LoaderFactory, Method, register_method
 from weakseg.methods.cam import PRESETS as CAM_PRESETS
@@ -59,20 +69,33 @@ from weakseg.methods.mcis_extra import WebFilter, extra_pair_loss, query_scores,
 
 @dataclass(frozen=True)
 class MCISConfig(CamConfig):
-    """MCIS hyper-parameters: the CAM classifier's (:class:`CamConfig`) plus pairs, contrast and test-time pairing.
+    """MCIS hyper-parameters: the CAM classifier's (:class:`CamConfig`) plus pairs, contrast and test-time fusion.
 
-    Training defaults are the official code's (``Classifier/train.py``); ``test_partners=3`` with self-pairs
-    is its test-time pairing (``Classifier/scripts/test.py``).
+    Which defaults are the official code's (GuoleiSun/MCIS_wsss): the training recipe of
+    :class:`CamConfig` (``Classifier/train.sh``: 15 epochs, batch 5, 256 px, lr 1e-3 ×0.1 at epochs 5 and
+    10; ``Classifier/scripts/train.py``: SGD groups ×1/×2/×10/×20, Nesterov, weight decay 5e-4, no clip),
+    ``contrastive_from_epoch=2`` and the three self-pair copies (``train.py``), ``test_partners=3``
+    (``Classifier/utils/LoadData.py``'s ``num_sampling``). Not the official code's: ``contrastive_rows``
+    defaults to ``nonempty`` (``train.py`` uses ``all``) and ``test_fusion`` to ``weakseg``
+    (``Classifier/scripts/test.py`` is ``official``); the ``paper`` preset sets both to the official
+    values, plus the VGG-16 "D1" backbone it is meant for (``train-cls --backbone vgg16-d1``) and the
+    epoch-11 snapshot (``test.sh``'s ``pascal_voc_epoch_10.pth``, saved after its 0-based epoch 10).
     """
 
     contrastive_from_epoch: int = 2
     """0-based epoch from which the contrastive co-attention loss is added (the reference: 2)"""
+    contrastive_rows: str = "nonempty"
+    """rows of the batch the contrastive loss averages over: nonempty (pairs where the image has a class its
+    partner lacks) or all (the reference: every row, all-negative targets included, once any row has one)"""
     self_pairs: tuple[tuple[float, bool], ...] = ((1.0, True), (0.75, False), (2.0, False))
     """training self-pair copies of the anchor as (scale, flip): flipped, 0.75× and 2× (the reference)"""
     test_partners: int = 3
     """CAMs: partner images per labelled class whose co-attention maps are fused in (0 = plain-head CAMs only)"""
     test_self_pairs: bool = True
-    """CAMs: add co-attention maps of the image paired with its own other views"""
+    """CAMs (test_fusion weakseg): add co-attention maps of the image paired with its own other views"""
+    test_fusion: str = "weakseg"
+    """CAMs: weakseg (plain-head + partner + self-pair CAMs over make-cams' views, averaged) or official (the
+    reference's test.py: co-attention maps of the image with its flip/0.75×/2× copies and partners, gated, /5)"""
     cache_mb: int = 512
     """CAMs: memory (MiB) for image features reused across pairs (partners recur); 0 = no cache"""
     extra: tuple[str, ...] = ()
@@ -85,6 +108,10 @@ class MCISConfig(CamConfig):
         super().check()
         if self.test_partners < 0 or self.cache_mb < 0:
             raise ConfigError(f"test_partners and cache_mb must be >= 0, got {self.test_partners}, {self.cache_mb}")
+        if self.test_fusion not in TEST_FUSIONS:
+            raise unknown_name("test_fusion", self.test_fusion, TEST_FUSIONS)
+        if self.contrastive_rows not in CONTRASTIVE_ROWS:
+            raise unknown_name("contrastive_rows", self.contrastive_rows, CONTRASTIVE_ROWS)
         for entry in self.extra:
             parse_extra(entry)
 
@@ -94,7 +121,8 @@ def _mcis(cam: CamConfig, **kw: Any) -> MCISConfig:
 
 
 PRESETS: dict[str, MCISConfig] = {
-    "paper": _mcis(CAM_PRESETS["paper"]),
+    # the official code's training recipe, contrastive rows and test-time fusion (a GPU job; --backbone vgg16-d1)
+    "paper": _mcis(CAM_PRESETS["paper"], contrastive_rows="all", test_fusion="official"),
     # one self-pair copy (the flip; the 2× copy alone costs 4 anchors); test-time pairing off: at CPU resolution
     # the plain-head CAMs of the MCIS-trained classifier scored higher (docs/methods/mcis.md)
     "cpu": _mcis(CAM_PRESETS["cpu"], contrastive_from_epoch=1, self_pairs=((1.0, True),), test_partners=0,
@@ -264,6 +292,61 @@ class MCISNet(CamNet):
             flips += [base.flip, v.flip]
         return fuse_views(maps, flips, grid)
 
+    @torch.no_grad()
+    def official_maps(
+        self,
+        base: torch.Tensor,
+        copies: Sequence[tuple[View, torch.Tensor]],
+        classes: Sequence[int],
+        partner_feats: torch.Tensor | None = None,
+        partner_rows: dict[int, list[int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """The raw co-attention maps the reference's ``test.py`` fuses, each ``[K', h, w]`` on the base grid.
+
+        Args:
+            base: ``[1, D, h, w]`` head features of the image at the base view (input size, not flipped).
+            copies: ``(view, [1, D, h_v, w_v] features)`` of the image's copies (the reference: flip, 0.75×, 2×).
+            classes: the ``K'`` classes whose channels are returned.
+            partner_feats: ``[M, D, h, w]`` base-view features of the partners (None: no P map).
+            partner_rows: ``{class: indices into partner_feats}`` (repeats allowed).
+
+        Returns:
+            ``[A, one map per copy, P]``: A = the image's map in the pair (image, first copy); per copy, the
+            copy's map in the pair (image, copy), flipped back and bicubic-resized to the base grid; P = the
+            image's maps against each partner of a class, averaged (channel of that class).
+        """
+        classes = list(classes)
+        w, grid = self.coatt.weight, tuple(base.shape[-2:])
+        maps: list[torch.Tensor] = []
+        for view, feats in copies:
+            # the reference's pair (image, copy): one affinity F_imageᵀ W F_copy for both sides
+            image_co, copy_co = co_attention(base, feats, w)
+            if not maps:
+                maps.append(self.co_classifier(image_co)[0, classes])
+            maps.append(to_base_grid(self.co_classifier(copy_co)[0, classes], view.flip, grid))  # type: ignore[arg-type]
+        if partner_feats is not None and len(partner_feats):
+            rows = partner_rows or {}
+            per = self.co_classifier(co_attend(partner_feats, base.expand(len(partner_feats), -1, -1, -1), w))
+            maps.append(torch.stack([per[rows[c], c].mean(0) if rows.get(c) else per.new_zeros(grid) for c in classes])
+                        if classes else per[0, :0])  # fmt: skip
+        return maps
+
+
+def _nonempty_rows(target: torch.Tensor) -> torch.Tensor:
+    return target.sum(1) > 0
+
+
+def _all_rows(target: torch.Tensor) -> torch.Tensor:
+    return (target.sum(1) > 0).any().expand(target.shape[0])
+
+
+CONTRASTIVE_ROWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "nonempty": _nonempty_rows,
+    "all": _all_rows,
+}
+"""``contrastive_rows``: targets ``[B, K]`` → ``bool [B]``, the rows one side's contrastive loss averages over
+(``all``: every row once any row has a target class, none otherwise, as the reference's ``train.py``)"""
+
 
 def mcis_loss(out: dict[str, Any], batch: dict, epoch: int, hp: MCISConfig) -> dict[str, torch.Tensor]:
     """The MCIS objective (sum of multi-label soft-margin terms); returns ``loss`` and its parts."""
@@ -289,7 +372,7 @@ def mcis_loss(out: dict[str, Any], batch: dict, epoch: int, hp: MCISConfig) -> d
             (out["contrast_a"], unshared_labels(ya, yp)),
             (out["contrast_p"], unshared_labels(yp, ya)),
         ):
-            rows = target.sum(1) > 0
+            rows = CONTRASTIVE_ROWS[hp.contrastive_rows](target)
             if rows.any():
                 loss_contrast = loss_contrast + multilabel_loss(logits[rows], target[rows])
         loss = loss + loss_contrast
@@ -351,27 +434,80 @@ class FeatureCache:
 
 
 class MCISPredictor(CamImagePredictor):
-    """MCIS CAMs: plain-head CAMs + co-attention CAMs with ``test_partners`` partners per class + self-pairs."""
+    """MCIS CAMs of one image, fused by the config's ``test_fusion`` mode (:data:`TEST_FUSIONS`)."""
 
     def __init__(self, net: MCISNet, ds: SegDataset, views: Sequence[View], cfg: MCISConfig, device, seed: int):
-        super().__init__(net, ds, views, cfg.input_size, device)
+        self.fusion = TEST_FUSIONS[cfg.test_fusion]
+        super().__init__(net, ds, self.fusion.views or views, cfg.input_size, device)
         self.cfg, self.seed = cfg, seed
         self.labels = [r.labels for r in ds.records]
         self.members = class_index(self.labels, ds.num_classes)
         # only partners recur: without pairing, caching would only hold memory
         self.cache = FeatureCache(self, net, cfg.cache_mb * 2**20 if cfg.test_partners > 0 else 0)
 
+    def partners(self, i: int) -> tuple[list[dict[float, torch.Tensor]], dict[int, list[int]]]:
+        """Features of image ``i``'s ``test_partners`` partners per class (each unique partner once, cached) and
+        ``{class: indices into that list}``."""
+        drawn = sample_partners(
+            self.labels, self.members, i, self.cfg.test_partners, self.seed, include_self=self.fusion.include_self
+        )
+        unique = sorted({j for js in drawn.values() for j in js})
+        pos = {j: n for n, j in enumerate(unique)}
+        return [self.cache.features(j) for j in unique], {c: [pos[j] for j in js] for c, js in drawn.items()}
+
     def __call__(self, i: int, classes: Sequence[int]) -> torch.Tensor:
-        image = self.image(i)
-        kwargs: dict[str, Any] = {"self_pairs": self.cfg.test_self_pairs, "anchor_feats": self.cache.features(i, image)}
-        if self.cfg.test_partners > 0:
-            drawn = sample_partners(self.labels, self.members, i, self.cfg.test_partners, self.seed)
-            unique = sorted({j for js in drawn.values() for j in js})
-            pos = {j: n for n, j in enumerate(unique)}
-            kwargs["partner_feats"] = [self.cache.features(j) for j in unique]
-            kwargs["partner_rows"] = {c: [pos[j] for j in js] for c, js in drawn.items()}
-        net: MCISNet = self.net  # type: ignore[assignment]
-        return net.predict_cams(image, classes, self.views, self.input_size, tuple(image.shape[-2:]), **kwargs)
+        return self.fusion.predict(self, i, list(classes))
+
+
+def _predict_weakseg(p: MCISPredictor, i: int, classes: list[int]) -> torch.Tensor:
+    image = p.image(i)
+    kwargs: dict[str, Any] = {"self_pairs": p.cfg.test_self_pairs, "anchor_feats": p.cache.features(i, image)}
+    if p.cfg.test_partners > 0:
+        kwargs["partner_feats"], kwargs["partner_rows"] = p.partners(i)
+    net: MCISNet = p.net  # type: ignore[assignment]
+    return net.predict_cams(image, classes, p.views, p.input_size, tuple(image.shape[-2:]), **kwargs)
+
+
+def _view_feature(feats: dict[float, torch.Tensor], views: Sequence[View], view: View) -> torch.Tensor:
+    """``[1, D, h, w]`` features of ``view`` out of :meth:`CamNet.view_features` of ``views``."""
+    j = _views_by_scale(views)[view.scale].index(view)
+    return feats[view.scale][j : j + 1]
+
+
+def _predict_official(p: MCISPredictor, i: int, classes: list[int]) -> torch.Tensor:
+    image = p.image(i)
+    feats = p.cache.features(i, image)
+    base = _view_feature(feats, p.views, OFFICIAL_BASE)
+    copies = [(v, _view_feature(feats, p.views, v)) for v in OFFICIAL_COPIES]
+    partner_feats, rows = None, None
+    if p.cfg.test_partners > 0:
+        partners, rows = p.partners(i)
+        partner_feats = torch.cat([_view_feature(f, p.views, OFFICIAL_BASE) for f in partners])
+    net: MCISNet = p.net  # type: ignore[assignment]
+    maps = net.official_maps(base, copies, classes, partner_feats, rows)
+    return finish_official(official_fusion(maps), tuple(image.shape[-2:]))
+
+
+@dataclass(frozen=True)
+class FusionMode:
+    """A test-time fusion of MCIS CAMs: ``predict(predictor, i, classes) -> [K', H, W]`` in [0, 1]."""
+
+    predict: Callable[[MCISPredictor, int, list[int]], torch.Tensor]
+    views: tuple[View, ...] = ()
+    """the views it always uses (empty: make-cams' --scales/--flip)"""
+    include_self: bool = False
+    """partners may be the image itself"""
+
+
+OFFICIAL_BASE = View(1.0, False)
+OFFICIAL_COPIES = (View(1.0, True), View(0.75, False), View(2.0, False))
+"""the reference's test-time copies of the image (``test_data_loader``'s ``tsfm_more``): flipped, 0.75×, 2×"""
+
+TEST_FUSIONS: dict[str, FusionMode] = {
+    "weakseg": FusionMode(_predict_weakseg),
+    "official": FusionMode(_predict_official, views=(OFFICIAL_BASE, *OFFICIAL_COPIES), include_self=True),
+}
+"""``test_fusion`` modes (see the module docstring)"""
 
 
 @register_method
