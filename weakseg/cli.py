@@ -51,6 +51,9 @@ class CheckConfig:
     fmt: str = "auto"
     split: str | None = None
     """check only this split (default: every split found)"""
+    strict: bool = False
+    """files that belong to no image (label files, masks, label rows whose image is gone) are errors (exit 1),
+    not warnings"""
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def _build_labels(cfg: BuildLabelsConfig) -> None:
 
 
 def _check(cfg: CheckConfig) -> None:
-    problems = check_dataset(cfg.root, fmt=cfg.fmt, split=cfg.split)
+    problems = check_dataset(cfg.root, fmt=cfg.fmt, split=cfg.split, strict=cfg.strict)
     print(format_problems(problems))
     if any(p.severity == "error" for p in problems):
         raise SystemExit(1)

@@ -9,6 +9,7 @@ size mismatches, bad mask values, ...). This module sits on top of the loaders a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,8 +130,13 @@ def _check_mask(path: Path, size: tuple[int, int] | None, num_classes: int) -> t
     return out, mask
 
 
-def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None) -> list[Problem]:
-    """All problems of a dataset (every split when ``split`` is None), errors and warnings, in one pass."""
+def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None, strict: bool = False) -> list[Problem]:
+    """All problems of a dataset (every split when ``split`` is None), errors and warnings, in one pass.
+
+    Files that belong to no image (a label file, mask or label row whose image is gone: the format's
+    ``orphans``) are warnings, or errors when ``strict``; they are looked for over the whole dataset
+    whatever ``split`` is.
+    """
     root = Path(root)
     if not root.is_dir():
         return [Problem(display_path(root), "missing_root", f"{display_path(root)} is not a folder", "check the path")]
@@ -147,6 +153,8 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None)
         problems.append(
             Problem(display_path(root), "no_splits", f"{display_path(root)} has no split ({fmt} format)", "add one")
         )
+    orphans = FORMATS[fmt].orphans(root) if FORMATS[fmt].orphans is not None else []
+    problems += [dataclasses.replace(p, severity=ERROR) for p in orphans] if strict else orphans
     sizes: dict[Path, tuple[int, int] | None] = {}
     masks_done: set[Path] = set()
     positives: dict[int, int] = {}

@@ -27,6 +27,8 @@ from weakseg.data.scan import (
     header_size,
     list_images,
     non_utf8_problems,
+    orphan_files,
+    orphan_rows,
     raise_errors,
     resolve_listed,
 )
@@ -110,6 +112,17 @@ def scan(root: str | Path, split: str = "all") -> Scan:
         entry.scribbles = scribbles if has_scribbles and scribbles.is_file() else None
         entries.append(entry)
     return Scan(names, entries, problems)
+
+
+def orphans(root: str | Path) -> list[Problem]:
+    """Masks, scribbles and rows of ``labels.csv`` / ``boxes.csv`` whose image is not in ``images/``."""
+    root = Path(root)
+    stems = {p.stem for p in list_images(root / "images")}
+    out = []
+    for sub, kind in (("masks", "orphan_mask"), ("scribbles", "orphan_scribble")):
+        files = [p for p in (root / sub).glob("*.png") if p.stem not in stems] if (root / sub).is_dir() else []
+        out += orphan_files(files, kind, sub[:-1], f"restore its image in images/ or delete the {sub[:-1]}")
+    return out + orphan_rows(root / LABELS_CSV, stems) + orphan_rows(root / BOXES_CSV, stems)
 
 
 class FolderDataset(MaskFileDataset):

@@ -9,7 +9,7 @@ from pathlib import Path
 from weakseg.data import coco, folder, voc, yolo
 from weakseg.data.dataset import SegDataset
 from weakseg.data.images import display_path
-from weakseg.data.scan import Scan
+from weakseg.data.scan import Problem, Scan
 from weakseg.errors import DataError, unknown_name
 
 
@@ -27,17 +27,20 @@ class Format:
     """``scan(root, split)``: the split indexed without decoding pixels, problems collected (``weakseg data check``)"""
     layout: str
     """one line describing the files it expects (shown when no format matches)"""
+    orphans: Callable[[Path], list[Problem]] | None = None
+    """``orphans(root)``: files of the dataset that belong to no image (label files, masks, label rows), as
+    warnings for ``weakseg data check`` (errors with ``--strict``)"""
 
 
 FORMATS: dict[str, Format] = {
     "coco": Format(coco.COCODataset, coco.is_coco, coco.available_splits, coco.scan,
                    "annotations/instances_<split>2014.json, <split>2014/"),
     "voc": Format(voc.VOCDataset, voc.is_voc, voc.available_splits, voc.scan,
-                  "JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt"),
+                  "JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt", voc.orphans),
     "yolo": Format(yolo.YOLODataset, yolo.is_yolo, yolo.available_splits, yolo.scan,
-                   "images/, labels/*.txt (polygons), classes.txt"),
+                   "images/, labels/*.txt (polygons), classes.txt", yolo.orphans),
     "folder": Format(folder.FolderDataset, folder.is_folder, folder.available_splits, folder.scan,
-                     "images/, labels.csv and/or masks/, classes.txt"),
+                     "images/, labels.csv and/or masks/, classes.txt", folder.orphans),
 }  # fmt: skip
 """Every dataset format by name; ``auto`` tries them in this order (the most specific layouts first)."""
 

@@ -9,8 +9,10 @@ so neither has to import the other.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,3 +161,53 @@ def header_size(path: Path) -> tuple[int, int] | None:
         return image_size(path)
     except DataError:
         return None
+
+
+# ---------------------------------------------------------------------------- orphans (files without an image)
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Image files in ``folder`` and its sub-folders, sorted (hidden files skipped)."""
+    if not folder.is_dir():
+        return []
+    files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def orphan_files(files: Iterable[Path], kind: str, what: str, fix: str) -> list[Problem]:
+    """A warning per file of ``files`` (label files, masks, ... whose image is gone), e.g. ``what`` = 'label file'."""
+    out = []
+    for f in sorted(files):
+        name = display_path(f)
+        out.append(Problem(name, kind, f"{what} {name} belongs to no image (no image of that name)", fix, WARNING))
+    return out
+
+
+def csv_ids(path: Path) -> list[str]:
+    """The first column of a CSV file (the image ids of a label or box file), header and blank rows skipped."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return []  # an unreadable file is reported by the format's scan
+    ids = [row[0].strip() for row in csv.reader(io.StringIO(text, newline="")) if row and row[0].strip()]
+    return ids[1:] if ids and ids[0].lower() == "image_id" else ids
+
+
+def orphan_rows(path: Path, images: set[str], kind: str = "orphan_rows", limit: int = 10) -> list[Problem]:
+    """One warning naming the rows of the CSV ``path`` whose image id is not in ``images``."""
+    if not path.is_file():
+        return []
+    ids = list(dict.fromkeys(i for i in csv_ids(path) if i not in images))
+    if not ids:
+        return []
+    name = display_path(path)
+    shown = ", ".join(repr(i) for i in ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+    return [
+        Problem(
+            name,
+            kind,
+            f"{name} has rows for {len(ids)} image id(s) without an image: {shown}",
+            "restore the images or delete their rows",
+            WARNING,
+        )
+    ]

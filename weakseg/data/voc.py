@@ -37,7 +37,7 @@ from weakseg.data.labels import (
     scan_cls_labels,
     write_cls_labels,
 )
-from weakseg.data.scan import Entry, Problem, Scan, header_size, raise_errors
+from weakseg.data.scan import Entry, Problem, Scan, header_size, orphan_files, orphan_rows, raise_errors
 from weakseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,22 @@ def scan(root: str | Path, split: str) -> Scan:
                 problems += found
         entries.append(entry)
     return Scan(names, entries, problems)
+
+
+def orphans(root: str | Path) -> list[Problem]:
+    """Masks, annotation XMLs and ``cls_labels.csv`` rows whose image is not in ``JPEGImages/``."""
+    root = Path(root)
+    folder = root / "JPEGImages"
+    ids = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS} if folder.is_dir() else set()
+    out = []
+    for sub, pattern, kind, what in (
+        ("SegmentationClass", "*.png", "orphan_mask", "mask"),
+        ("SegmentationClassAug", "*.png", "orphan_mask", "mask"),
+        (ANNOTATIONS, "*.xml", "orphan_annotation", "annotation"),
+    ):
+        files = [p for p in (root / sub).glob(pattern) if p.stem not in ids] if (root / sub).is_dir() else []
+        out += orphan_files(files, kind, what, f"restore its image in JPEGImages/ or delete the {what}")
+    return out + orphan_rows(root / CLS_LABELS, ids)
 
 
 def read_voc_xml(path: Path, class_names: Sequence[str]) -> tuple[list[Box], tuple[int, int] | None, list[Problem]]:

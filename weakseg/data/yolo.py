@@ -33,8 +33,10 @@ from weakseg.data.scan import (
     Problem,
     Scan,
     header_size,
+    images_under,
     list_images,
     non_utf8_problems,
+    orphan_files,
     raise_errors,
     resolve_listed,
 )
@@ -162,6 +164,16 @@ def scan(root: str | Path, split: str = "all") -> Scan:
         boxes = polygon_boxes(polys, *size) if size is not None else ()
         entries.append(Entry(img.stem, img, None, labels, source, extra=polys, boxes=boxes))
     return Scan(names, entries, problems)
+
+
+def orphans(root: str | Path) -> list[Problem]:
+    """Label files under ``labels/`` whose image (same path under ``images/``, any image extension) is gone."""
+    root = Path(root)
+    if not (root / "labels").is_dir():
+        return []
+    expected = {label_path(root, img) for img in images_under(root / "images")}
+    files = [p for p in (root / "labels").rglob("*.txt") if p not in expected and not p.name.startswith(".")]
+    return orphan_files(files, "orphan_label", "label file", "restore its image under images/ or delete the label file")
 
 
 def polygon_boxes(polys: list[Polygon], width: int, height: int) -> tuple[Box, ...]:
