@@ -18,6 +18,7 @@ from weakseg.data.registry import open_dataset
 from weakseg.engine.artifacts import load_npz, save_json
 from weakseg.errors import ConfigError, DataError
 from weakseg.eval.metrics import ConfusionMatrix, segmentation_class_names
+from weakseg.stages.io import DataInput
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,11 @@ class EvalCamsOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalCamsConfig(EvalCamsOptions):
+class EvalCamsConfig(EvalCamsOptions, DataInput):
     """Score CAM seeds (argmax over [threshold, CAMs]) against the masks; sweep the background threshold."""
 
     cams: Path
     """folder written by make-cams"""
-    data: Path
-    fmt: str = "auto"
-    split: str = "train"
     out: Path | None = None
     """JSON file to write the results to"""
 

@@ -18,6 +18,7 @@ from weakseg.errors import ConfigError, DataError
 from weakseg.eval.metrics import ConfusionMatrix, segmentation_class_names
 from weakseg.seg.models import load_segmenter
 from weakseg.seg.predict import predict_masks
+from weakseg.stages.io import DataInput
 from weakseg.stages.progress import progress
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,13 @@ class EvalSegOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalSegConfig(EvalSegOptions):
+class EvalSegConfig(EvalSegOptions, DataInput):
     """Evaluate a trained segmenter on a dataset split."""
 
     seg_dir: Path
     """folder of the trained segmenter (model.safetensors + config.json)"""
-    data: Path
     out: Path
     """output folder: pred/<image_id>.png, metrics.json"""
-    fmt: str = "auto"
     split: str = "val"
     device: str = "auto"
 

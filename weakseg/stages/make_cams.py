@@ -26,6 +26,7 @@ from weakseg.engine.device import resolve_device
 from weakseg.engine.stage import begin_stage, stage_record
 from weakseg.errors import ConfigError
 from weakseg.methods.base import apply_overrides
+from weakseg.stages.io import DataInput, StageOutput
 from weakseg.stages.progress import progress
 from weakseg.stages.train_cls import load_classifier
 
@@ -47,20 +48,13 @@ class MakeCamsOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MakeCamsConfig(MakeCamsOptions):
+class MakeCamsConfig(MakeCamsOptions, DataInput, StageOutput):
     """Write CAMs (float16 .npz per image) of a trained classifier for every image of a split."""
 
     cls_dir: Path
     """folder written by train-cls (config.json + model.safetensors)"""
-    data: Path
-    out: Path
-    fmt: str = "auto"
-    split: str = "train"
     seed: int = 0
     """seeds the choice of partner images (methods that pair images)"""
-    device: str = "auto"
-    overwrite: bool = False
-    """rebuild the folder when it holds CAMs of another configuration"""
 
 
 def _npz_path(out: Path, image_id: str) -> Path:

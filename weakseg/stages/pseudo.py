@@ -37,23 +37,18 @@ from weakseg.eval.metrics import IGNORE, ConfusionMatrix, confusion, segmentatio
 from weakseg.refine.affinity_net import MODEL as AFFINITY_MODEL
 from weakseg.refine.affinity_net import load_affinity_net
 from weakseg.refine.pseudo import Affinity, PseudoOptions, background_threshold, make_label
+from weakseg.stages.io import DataInput, StageOutput
 from weakseg.stages.progress import progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PseudoConfig(PseudoOptions):
+class PseudoConfig(PseudoOptions, DataInput, StageOutput):
     """Make pseudo labels (palette PNGs, 255 = ignore) from CAMs."""
 
     cams: Path
     """folder of ``<image_id>.npz`` CAM files (with a DONE marker)"""
-    data: Path
-    """dataset root (images, image-level labels, ground truth for the metrics where present)"""
-    out: Path
-    """output folder: ``<image_id>.png``, config.json, metrics.json, DONE"""
-    fmt: str = "auto"
-    split: str = "train"
     seeds: Path | None = None
     """eval-cams result (JSON) whose best threshold sets bg_threshold when that is None"""
     saliency: Path | None = None
@@ -62,8 +57,6 @@ class PseudoConfig(PseudoOptions):
     """folder written by train-aff (AffinityNet); needed by the rw refiner"""
     workers: int = 0
     """processes for labelling (0 = in this process)"""
-    overwrite: bool = False
-    """rebuild the folder when it holds pseudo labels of another configuration"""
 
     def resolved(self) -> PseudoConfig:
         """Check the options; fill ``bg_threshold`` from ``seeds``; a saliency folder with power selects mcis."""
@@ -91,7 +84,9 @@ class PseudoConfig(PseudoOptions):
 
     def record(self) -> dict:
         """What fixes the labels: the options in use and the inputs (not workers, out, overwrite, seeds)."""
-        io = stage_record(self, drop=("workers", "out", "overwrite", "seeds", *PseudoOptions.__dataclass_fields__))
+        io = stage_record(
+            self, drop=("workers", "out", "device", "overwrite", "seeds", *PseudoOptions.__dataclass_fields__)
+        )
         if self.affinity is None:
             io.pop("affinity")
         if self.saliency is None:

@@ -42,6 +42,7 @@ from weakseg.refine.affinity import (
     seed_label,
 )
 from weakseg.refine.affinity_net import build_affinity_net
+from weakseg.stages.io import DataInput, StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +76,12 @@ class TrainAffinityOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainAffinityConfig(TrainAffinityOptions):
+class TrainAffinityConfig(TrainAffinityOptions, DataInput, StageOutput):
     """Train AffinityNet (PSA) on confident CAM seeds; its folder feeds `weakseg pseudo --refiner rw`."""
 
     cams: Path
     """folder of ``<image_id>.npz`` CAM files (with a DONE marker)"""
-    data: Path
-    """dataset root (images and image-level labels)"""
-    out: Path
-    """output folder: model.safetensors, config.json, tb/, state/, DONE"""
-    fmt: str = "auto"
-    split: str = "train"
     seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
 
     @property
     def thresholds(self) -> tuple[float, float]:

@@ -30,6 +30,7 @@ from weakseg.engine.trainer import LoopConfig, fit
 from weakseg.errors import ConfigError, DataError
 from weakseg.methods import Method, create_method
 from weakseg.methods.base import LoaderContext, method_from_record
+from weakseg.stages.io import DataInput, StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,14 @@ class TrainClsOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainClsConfig(TrainClsOptions):
-    """Train the classifier whose CAMs seed the pseudo labels (any registered method of task tags)."""
+class TrainClsConfig(TrainClsOptions, DataInput, StageOutput):
+    """Train the classifier whose CAMs seed the pseudo labels (any registered method of task tags).
 
-    data: Path
-    """dataset root"""
-    out: Path
-    """output folder (config.json, model.safetensors, tb/, state/, DONE)"""
+    Writes OUT/config.json, model.safetensors, tb/, state/, DONE."""
+
     method: str = "mcis"
     """a registered method (weakseg.methods.METHODS), e.g. cam or mcis"""
-    fmt: str = "auto"
-    split: str = "train"
     seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
-    """rebuild the folder when it holds a run of another configuration"""
 
 
 def train_cls(cfg: TrainClsConfig) -> Path:

@@ -34,6 +34,7 @@ from weakseg.errors import ConfigError, DataError, unknown_name
 from weakseg.eval.metrics import segmentation_class_names
 from weakseg.losses import partial_cross_entropy
 from weakseg.seg.models import IMAGENET, create_segmenter
+from weakseg.stages.io import DataInput, StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +60,14 @@ class TrainSegOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainSegConfig(TrainSegOptions):
+class TrainSegConfig(TrainSegOptions, DataInput, StageOutput):
     """Train a segmentation network on pseudo labels (or on the true masks with --supervision full)."""
 
-    data: Path
-    """dataset root (images; ground-truth masks for supervision=full)"""
-    out: Path
-    """output folder: model.safetensors, config.json, tb/, state/, DONE"""
     labels: Path | None = None
     """folder of pseudo-label PNGs ``<image_id>.png`` (the pseudo stage's output); for supervision=pseudo"""
     supervision: str = "pseudo"
     """pseudo: train on the ``labels`` PNGs; full: on the ground-truth masks (the upper bound)"""
-    fmt: str = "auto"
-    split: str = "train"
     seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
-    """rebuild the folder when it holds a segmenter of another configuration"""
 
     def check(self) -> None:
         if self.supervision not in SUPERVISIONS:
