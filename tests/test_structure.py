@@ -119,10 +119,11 @@ def test_the_checker_sees_a_violation(tmp_path):
 # ---------------------------------------------------------------------------- methods
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if m.task == "tags"))
 def test_every_method_trains_a_step_and_predicts(name, synth_dataset):
-    """Each registered method, at its tiny preset on the tiny backbone: one step lowers nothing to NaN, the
-    weights move, and its prediction hook gives maps in [0, 1] at the image size for the asked classes."""
+    """Each registered method of task tags (other tasks test their own hooks), at its tiny preset on the tiny
+    backbone: one step lowers nothing to NaN, the weights move, and its prediction hook gives maps in [0, 1] at
+    the image size for the asked classes."""
     torch.manual_seed(0)
     method = create_method(name, "tiny", ("input_size=48",))
     net = method.build(create_backbone("tiny", None, method.cfg.output_stride, pretrained=False), 10)
@@ -147,7 +148,7 @@ def test_every_method_trains_a_step_and_predicts(name, synth_dataset):
 
 
 def test_method_registry_errors_name_the_valid_choices():
-    with pytest.raises(ConfigError, match="valid names: cam, mcis"):
+    with pytest.raises(ConfigError, match="valid names: .*cam, .*mcis"):
         get_method_class("nope")
     with pytest.raises(ConfigError, match="preset of method 'cam'.*cpu192"):
         create_method("cam", "huge")
