@@ -7,12 +7,12 @@ co-attention with every partner, self-pairs, fusion, resize to the image size). 
 Images are random, 128-160 px, with 2 classes each; weights random (the work does not depend on them).
 
     python benchmarks/bench_cam_inference.py [--images 6] [--size 128] [--threads 1]
+    python benchmarks/bench_cam_inference.py --images 1 --repeats 1 --scales 1 --backbone tiny --preset tiny  # smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -31,23 +31,23 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     ap.add_argument("--backbone", default="efficientnet-lite0")
-    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--preset", default="cpu", help="the methods' preset (head, stride): cpu, cpu192, paper, tiny")
     ap.add_argument("--repeats", type=int, default=3, help="passes over the images; the fastest pass counts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from weakseg.backbones import create_backbone
     from weakseg.cams.cam import apply_view, make_views
-    from weakseg.methods import METHODS, get_preset
+    from weakseg.methods import create_method
 
     torch.manual_seed(0)
     k, s = 10, args.size
-    hp = dataclasses.replace(get_preset(args.preset), input_size=s)
     views = make_views(args.scales, flip=True)
-    nets = {
-        m: METHODS[m].build(create_backbone(args.backbone, output_stride=hp.output_stride), k, hp).eval()
-        for m in METHODS
-    }
+    nets = {}
+    for m in ("cam", "mcis"):
+        method = create_method(m, args.preset, (f"input_size={s}",))
+        backbone = create_backbone(args.backbone, output_stride=method.cfg.output_stride)
+        nets[m] = method.build(backbone, k).eval()
 
     def rand_image() -> torch.Tensor:
         h, w = torch.randint(128, 161, (2,)).tolist()

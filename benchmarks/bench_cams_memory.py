@@ -6,7 +6,10 @@ the class list is the same) and runs ``make-cams`` in a child process, then prin
 peak RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``) next to the RSS of the same child after only
 importing torch and loading the classifier (the baseline), in one run.
 
-    python benchmarks/bench_cams_memory.py --cls-dir runs/demo/cls --work /tmp/cams_mem [--n 10000]
+    python benchmarks/bench_cams_memory.py --cls-dir runs/demo/cls --work /tmp/cams_mem [--n 10000] [--partners 3]
+
+``--partners N`` pairs every image with N partners per class (an MCIS classifier's ``make-cams --set
+test_partners=N``; self-pairs off); 0 (default) gives plain-head CAMs.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import sys, resource
 from pathlib import Path
 import torch
 torch.set_num_threads(2)
-from weakseg.methods.train import load_classifier
-load_classifier(Path(sys.argv[1]), torch.device("cpu"))
+from weakseg.stages.train_cls import load_classifier
+_, method, _ = load_classifier(Path(sys.argv[1]), torch.device("cpu"))
 if sys.argv[2] == "run":
-    from weakseg.cams.make import MakeCamsConfig, make_cams
+    from weakseg.stages.make_cams import MakeCamsConfig, make_cams
+    paired = hasattr(method.cfg, "test_partners")  # MCIS: partners and self-pairs are its prediction options
+    options = (f"test_partners={sys.argv[5]}", "test_self_pairs=false") if paired else ()
     make_cams(MakeCamsConfig(cls_dir=Path(sys.argv[1]), data=Path(sys.argv[3]), out=Path(sys.argv[4]), split="train",
-                             scales=(1.0,), partners_per_class=int(sys.argv[5]), self_pairs=False, device="cpu"))
+                             scales=(1.0,), set=options, device="cpu"))
 """
 
 
@@ -45,7 +50,7 @@ def main() -> None:
     ap.add_argument("--cls-dir", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--partners", type=int, default=0)
+    ap.add_argument("--partners", type=int, default=0, help="partners per class (MCIS classifiers)")
     args = ap.parse_args()
     from weakseg.data.synthetic import SynthConfig, generate
 

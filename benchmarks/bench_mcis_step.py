@@ -15,6 +15,7 @@ A step is forward + loss + backward + SGD update; ``--warmup`` iterations, then 
 ``--iters``. One torch thread by default: on a shared 2-core machine two threads stall each other.
 
     python benchmarks/bench_mcis_step.py [--batch 4] [--size 128] [--iters 5] [--threads 1] [--preset cpu]
+    python benchmarks/bench_mcis_step.py --batch 2 --size 64 --iters 1 --warmup 0 --backbone tiny --preset tiny  # smoke
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     ap.add_argument("--backbone", default="efficientnet-lite0")
-    ap.add_argument("--preset", default="cpu", help="head / stride preset (cpu or paper)")
+    ap.add_argument("--preset", default="cpu", help="head / stride preset (cpu, cpu192, paper or tiny)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from weakseg.backbones import create_backbone
-    from weakseg.methods import METHODS, get_preset
+    from weakseg.methods import cam, mcis
 
     torch.manual_seed(0)
     k, b, s = 10, args.batch, args.size
-    copies_spec = get_preset("paper").self_pairs  # flip, 0.75x, 2x
-    base = dataclasses.replace(get_preset(args.preset), input_size=s, contrastive_from_epoch=0)
+    copies_spec = mcis.PRESETS["paper"].self_pairs  # flip, 0.75x, 2x
+    base = dataclasses.replace(mcis.PRESETS[args.preset], input_size=s, contrastive_from_epoch=0)
+    cam_cfg = cam.CamConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(cam.CamConfig)})
+    plain_cam = cam.CamMethod(cam_cfg)
     anchor, partner = torch.rand(b, 3, s, s), torch.rand(b, 3, s, s)
     y_a = (torch.rand(b, k) < 0.3).float()
     y_p = (torch.rand(b, k) < 0.3).float()
@@ -65,31 +68,31 @@ def main() -> None:
     same_size = torch.cat([anchor, partner, *(c for c in copies if c.shape[-1] == s)])
     groups = [same_size, *(c for c in copies if c.shape[-1] != s)]
 
-    def cam_on_groups(net, batch, epoch, hp):
-        losses = [METHODS["cam"].step(net, {"image": g, "label": torch.ones(g.shape[0], k)}, epoch, hp) for g in groups]
+    def cam_on_groups(net, batch, epoch):
+        losses = [plain_cam.step(net, {"image": g, "label": torch.ones(g.shape[0], k)}, epoch) for g in groups]
         return {"loss": sum(x["loss"] for x in losses)}
 
     plain = {"image": torch.cat([anchor, partner]), "label": torch.cat([y_a, y_p])}
-    no_self, with_self = dataclasses.replace(base, self_pairs=()), dataclasses.replace(base, self_pairs=copies_spec)
-    cases = {
-        "cam (2B images)": (METHODS["cam"].step, base, plain),
-        "mcis": (METHODS["mcis"].step, no_self, {**pair, "views": []}),
-        "mcis + self-pairs": (METHODS["mcis"].step, with_self, {**pair, "views": copies}),
-        "cam on the same images": (cam_on_groups, base, None),
+    no_self = mcis.MCISMethod(dataclasses.replace(base, self_pairs=()))
+    with_self = mcis.MCISMethod(dataclasses.replace(base, self_pairs=copies_spec))
+    cases = {  # name: (method that builds the net, its step, batch)
+        "cam (2B images)": (plain_cam, plain_cam.step, plain),
+        "mcis": (no_self, no_self.step, {**pair, "views": []}),
+        "mcis + self-pairs": (with_self, with_self.step, {**pair, "views": copies}),
+        "cam on the same images": (plain_cam, cam_on_groups, None),
     }
     nets = {}
-    for name, (_, hp, _) in cases.items():
+    for name, (method, _, _) in cases.items():
         torch.manual_seed(0)
-        method = "mcis" if name.startswith("mcis") else "cam"
-        net = METHODS[method].build(create_backbone(args.backbone, output_stride=hp.output_stride), k, hp).train()
-        nets[name] = (net, torch.optim.SGD(net.parameter_groups(hp), lr=1e-4, momentum=0.9, nesterov=True))
+        net = method.build(create_backbone(args.backbone, output_stride=method.cfg.output_stride), k).train()
+        nets[name] = (net, torch.optim.SGD(net.parameter_groups(method.cfg), lr=1e-4, momentum=0.9, nesterov=True))
 
     times: dict[str, list[float]] = {name: [] for name in cases}
     for it in range(args.warmup + args.iters):
-        for name, (step, hp, batch) in cases.items():  # interleaved: load changes hit every case alike
+        for name, (_, step, batch) in cases.items():  # interleaved: load changes hit every case alike
             net, opt = nets[name]
             t0 = time.perf_counter()
-            loss = step(net, batch, 5, hp)["loss"]
+            loss = step(net, batch, 5)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -7,11 +7,13 @@ symlinks plus a ``train.txt`` list under ``--out``, nothing is copied):
    backbone, preset, epochs and seed; seed mIoU on those images at the best background threshold.
 2. **Setting 2 with real single-object images** (the settings issue): the images with exactly one class
    (19) serve as the extra single-label set for the others (75, with 2+ classes); MCIS trained on the 75
-   alone (setting 1) vs with the 19 as ``--extra single:`` (setting 2); seeds scored on the 75.
+   alone (setting 1) vs with the 19 as ``train-cls --set extra=single:DIR:0.5`` (setting 2); seeds scored on the 75.
 
-CAMs are the classifier's plain-head CAMs at scales 1.0/0.5/1.5 + flip (as the pipeline makes them).
+CAMs are the classifier's plain-head CAMs at scales 1.0/0.5/1.5 + flip (as the pipeline makes them;
+``make-cams --set test_partners=0 test_self_pairs=false`` for MCIS).
 
     python benchmarks/coco128_mcis.py --out runs/coco128_mcis --seeds 0 1 2 [--epochs 15]
+    python benchmarks/coco128_mcis.py --out /tmp/coco128 --seeds 0 --epochs 1 --preset tiny --backbone tiny  # smoke
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import statistics
 from pathlib import Path
 
-from common import seed_miou
+from common import PLAIN_HEAD, cam_options, seed_miou
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-seg"
 
@@ -46,10 +48,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=15, help="the cpu preset's 4 epochs are 48 steps on 94 images")
     ap.add_argument("--parts", nargs="+", default=["cam-vs-mcis", "setting2"])
+    ap.add_argument("--preset", default="cpu", help="the methods' preset (cpu, cpu192, paper, tiny)")
+    ap.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, tiny or timm:<name>")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more train-cls --set overrides")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     from weakseg.data.registry import open_dataset
-    from weakseg.methods.train import TrainClsConfig, train_cls
+    from weakseg.stages.train_cls import TrainClsConfig, train_cls
 
     if not (args.data / "classes.txt").is_file():
         raise SystemExit(f"{args.data} is not the coco128-seg folder (no classes.txt); pass --data")
@@ -85,14 +90,15 @@ def main() -> None:
                     out=run / "cls",
                     method=method,
                     fmt="yolo",
-                    preset="cpu",
-                    epochs=args.epochs,
+                    preset=args.preset,
+                    set=(f"epochs={args.epochs}", *([f"extra={','.join(extra)}"] if extra else []), *args.set),
+                    backbone=args.backbone,
                     seed=seed,
                     device=args.device,
-                    extra=extra,
                 )
             )
-            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device)[0])
+            cam_set = cam_options(method, PLAIN_HEAD)
+            scores[name].append(seed_miou(run / "cls", data, run / "cams", seed, args.device, cam_set=cam_set)[0])
             print(f"seed {seed} {name}: {scores[name][-1]:.2f}", flush=True)
     print(f"\n{'experiment':<50}{'seed mIoU (%)':>16}   per seed")
     for name, v in scores.items():

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PLAIN_HEAD = ("test_partners=0", "test_self_pairs=false")
+"""``make-cams --set`` of an MCIS classifier for its plain-head CAMs only (no partners, no self-pairs)"""
+PAPER_FUSION = ("test_partners=3", "test_self_pairs=true")
+"""``make-cams --set`` of an MCIS classifier for the paper's test-time fusion (3 partners per class + self-pairs)"""
+
+
+def cam_options(method: str, options: tuple[str, ...]) -> tuple[str, ...]:
+    """``options`` for a method with test-time pairing options (mcis); none for the others (plain CAM)."""
+    return options if method == "mcis" else ()
+
 
 def seed_miou(
     cls_dir: Path,
@@ -12,12 +22,15 @@ def seed_miou(
     seed: int,
     device: str,
     scales: tuple[float, ...] = (1.0, 0.5, 1.5),
-    partners_per_class: int = 0,
-    self_pairs: bool = False,
+    cam_set: tuple[str, ...] = (),
 ) -> tuple[float, float]:
-    """Make CAMs of the train split with a trained classifier and score them: (best seed mIoU %, its threshold)."""
-    from weakseg.cams.evaluate import EvalCamsConfig, eval_cams
-    from weakseg.cams.make import MakeCamsConfig, make_cams
+    """Make CAMs of the train split with a trained classifier and score them: (best seed mIoU %, its threshold).
+
+    ``cam_set``: ``KEY=VALUE`` overrides of the method's prediction options (``make-cams --set``), e.g.
+    :data:`PLAIN_HEAD` or :data:`PAPER_FUSION` for an MCIS classifier.
+    """
+    from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
+    from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 
     make_cams(
         MakeCamsConfig(
@@ -26,14 +39,20 @@ def seed_miou(
             out=cams,
             split="train",
             scales=scales,
-            partners_per_class=partners_per_class,
-            self_pairs=self_pairs,
+            set=cam_set,
             seed=seed,
             device=device,
         )
     )
     r = eval_cams(EvalCamsConfig(cams=cams, data=data, split="train", out=cams.with_suffix(".json")))
     return 100 * r["best_miou"], r["best_threshold"]
+
+
+def method_config(cls_dir: Path) -> dict:
+    """The resolved hyper-parameters of a classifier trained by ``train-cls`` (its ``config.json`` record)."""
+    import json
+
+    return json.loads((cls_dir / "config.json").read_text())["record"]["method_config"]
 
 
 def training_log(tb_dir: Path, clip: float = 0.0) -> dict:

@@ -5,7 +5,12 @@
 #                                          processes per run, MVC_SIZE=default, SET_SIZE=small,
 #                                          SEEDS="0 1 2", NOISE="0.5 0.8 0.95", DEADLINE=seconds,
 #                                          PYTHON=interpreter, GRID="mvc settings" (which tables),
-#                                          SET_EPOCHS=4, SET_RATIO=0.5, SET_LIST="1 2 3 1m")
+#                                          SET_EPOCHS=4, SET_RATIO=0.5, SET_LIST="1 2 3 1m",
+#                                          ARGS="more flags for both scripts", e.g. "--set grad_clip=10")
+#
+#   smoke test (about a minute on 2 cores: tiny data, tiny backbone, one epoch):
+#   MVC_SIZE=tiny SET_SIZE=tiny SEEDS=0 NOISE=0.5 SET_EPOCHS=1 SET_LIST="1 2" JOBS=1 DEVICE=cpu \
+#     ARGS="--preset tiny --backbone tiny --epochs 1" benchmarks/grid.sh /tmp/grid_smoke
 #
 # Jobs, longest first: MCIS and plain CAM at MVC_SIZE for each seed (benchmarks/mcis_vs_cam.py), then MCIS
 # settings 1 / 1m (matched budget) / 2 / 3 for each seed and setting 3 at each web wrong-label rate of NOISE
@@ -16,12 +21,16 @@ runs=${1:?usage: benchmarks/grid.sh RUNS_DIR}
 DEVICE=${DEVICE:-auto} JOBS=${JOBS:-6} WORKERS=${WORKERS:-1} DEADLINE=${DEADLINE:-3600}
 MVC_SIZE=${MVC_SIZE:-default} SET_SIZE=${SET_SIZE:-small} SEEDS=${SEEDS:-0 1 2} NOISE=${NOISE-0.5 0.8 0.95}
 GRID=${GRID:-mvc settings} SET_EPOCHS=${SET_EPOCHS:-4} SET_RATIO=${SET_RATIO:-0.5} SET_LIST=${SET_LIST:-1 2 3 1m}
+ARGS=${ARGS:-}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs/logs"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-mvc=("${PYTHON:-python}" "$here/mcis_vs_cam.py" --out "$runs/mvc" --size "$MVC_SIZE" --device "$DEVICE" --workers "$WORKERS")
+# shellcheck disable=SC2206
+extra_args=($ARGS)
+mvc=("${PYTHON:-python}" "$here/mcis_vs_cam.py" --out "$runs/mvc" --size "$MVC_SIZE" --device "$DEVICE" --workers "$WORKERS"
+  "${extra_args[@]}")
 set_=("${PYTHON:-python}" "$here/mcis_settings.py" --out "$runs/settings" --size "$SET_SIZE" --device "$DEVICE"
-  --workers "$WORKERS" --epochs "$SET_EPOCHS" --ratio "$SET_RATIO")
+  --workers "$WORKERS" --epochs "$SET_EPOCHS" --ratio "$SET_RATIO" "${extra_args[@]}")
 # shellcheck disable=SC2086
 noise_args=(--noise-rates $NOISE)
 

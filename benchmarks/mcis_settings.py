@@ -8,8 +8,9 @@ backbone (EfficientNet-Lite0), preset (``cpu``), epochs and seed for every setti
 ``--matched-budget`` adds setting 1 trained for ``round(epochs x (1 + ratio))`` epochs, i.e. the same number
 of pairs, to separate "more data" from "more steps".
 
-Seeds are scored like the pipeline's: the classifier's plain-head CAMs at scales 1.0/0.5/1.5 + flip on the
-main train split, best background threshold (seed mIoU, %).
+Seeds are scored like the pipeline's: the classifier's plain-head CAMs (``make-cams --set test_partners=0
+test_self_pairs=false``) at scales 1.0/0.5/1.5 + flip on the main train split, best background threshold (seed
+mIoU, %). The extra data reach the classifier as ``train-cls --set extra=single:DIR:RATIO`` (or ``web:...``).
 
 ``--noise-rates R ...`` trains setting 3 again with web sets regenerated at those wrong-label rates
 (same generator seed: the main set is byte-identical) and prints the curve.
@@ -19,6 +20,7 @@ exists, so runs can be spread over processes (``--generate-only`` first, then ``
 per process) and summarised afterwards (``--summary-only``).
 
     python benchmarks/mcis_settings.py --out runs/mcis_settings --seeds 0 1 2 --matched-budget --noise-rates 0.5 0.8
+    python benchmarks/mcis_settings.py --out /tmp/mset --size tiny --preset tiny --backbone tiny --epochs 1  # smoke
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import load_results, save_result, seed_miou, training_log
+from common import PLAIN_HEAD, load_results, save_result, seed_miou, training_log
 
 
 def main() -> None:
@@ -41,6 +43,9 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["1", "2", "3"], help="any of 1, 1m (matched budget), 2, 3")
     ap.add_argument("--matched-budget", action="store_true", help="also run setting 1m")
     ap.add_argument("--noise-rates", type=float, nargs="*", default=[], help="web wrong-label rates for the curve")
+    ap.add_argument("--preset", default="cpu", help="the MCIS preset (cpu, cpu192, paper, tiny)")
+    ap.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, tiny or timm:<name>")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more train-cls --set overrides")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="data-loading processes per training")
     ap.add_argument("--generate-only", action="store_true", help="write the synthetic data (and web sets) and stop")
@@ -74,7 +79,7 @@ def main() -> None:
     if args.generate_only:
         return None
 
-    from weakseg.methods.train import TrainClsConfig, train_cls
+    from weakseg.stages.train_cls import TrainClsConfig, train_cls
 
     for seed in args.seeds:
         for name in settings:
@@ -88,15 +93,15 @@ def main() -> None:
                     data=data,
                     out=run / "cls",
                     method="mcis",
-                    preset="cpu",
-                    epochs=epochs,
+                    preset=args.preset,
+                    set=(f"epochs={epochs}", *([f"extra={','.join(extra)}"] if extra else []), *args.set),
+                    backbone=args.backbone,
                     seed=seed,
                     device=args.device,
-                    extra=extra,
                     workers=args.workers,
                 )
             )
-            miou = seed_miou(run / "cls", data, run / "cams", seed, args.device)[0]
+            miou = seed_miou(run / "cls", data, run / "cams", seed, args.device, cam_set=PLAIN_HEAD)[0]
             result = {"setting": name, "seed": seed, "epochs": epochs, "miou": miou}
             result |= training_log(run / "cls" / "tb") | {"total_s": round(time.perf_counter() - t0, 1)}
             save_result(run / "result.json", result)

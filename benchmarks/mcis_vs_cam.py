@@ -3,8 +3,9 @@
 For each seed: train a plain CAM classifier and an MCIS classifier (EfficientNet-Lite0, ``cpu``
 preset), make CAMs of the train split at scales (1.0, 0.5, 1.5) + flip, and score the seeds
 (best background threshold on the train split, as WSSS papers report seeds). MCIS is scored twice:
-its plain-head CAMs, and the paper's test-time fusion (plain + co-attention CAMs of 3 partners per
-class + self-pairs). Prints mean ± sample standard deviation over seeds.
+its plain-head CAMs (``make-cams --set test_partners=0 test_self_pairs=false``), and the paper's test-time
+fusion (plain + co-attention CAMs of 3 partners per class + self-pairs: ``--set test_partners=3
+test_self_pairs=true``). Prints mean ± sample standard deviation over seeds.
 
 Each (method, seed) run writes ``OUT/<method>_seed<seed>/result.json`` (seed mIoUs, thresholds, the
 gradient-norm summary of its training) and is skipped when that exists, so runs can be spread over
@@ -12,6 +13,7 @@ processes (``--methods mcis --seeds 1``) and summarised afterwards (``--summary-
 
     python benchmarks/mcis_vs_cam.py --size default --out runs/mcis_vs_cam --seeds 0 1 2
     (default --data: the synthetic preset --size, generated into OUT/data)
+    python benchmarks/mcis_vs_cam.py --size tiny --preset tiny --backbone tiny --epochs 1 --out /tmp/mvc  # smoke
 
 On 2 CPU cores one seed at ``small`` size takes about 15 minutes (MCIS training dominates).
 """
@@ -23,7 +25,16 @@ import statistics
 import time
 from pathlib import Path
 
-from common import load_results, save_result, seed_miou, training_log
+from common import (
+    PAPER_FUSION,
+    PLAIN_HEAD,
+    cam_options,
+    load_results,
+    method_config,
+    save_result,
+    seed_miou,
+    training_log,
+)
 
 VARIANTS = {
     "plain CAM": ("cam", "plain"),
@@ -32,8 +43,15 @@ VARIANTS = {
 }
 
 
+def cls_overrides(args) -> tuple[str, ...]:
+    """``train-cls --set`` of every classifier: ``--epochs``, ``--grad-clip``, then ``--set`` as given."""
+    out = [f"epochs={args.epochs}"] if args.epochs is not None else []
+    out += [f"grad_clip={args.grad_clip}"] if args.grad_clip is not None else []
+    return (*out, *args.set)
+
+
 def run_one(args, data: Path, method: str, seed: int) -> dict:
-    from weakseg.methods.train import TrainClsConfig, resolve_hparams, train_cls
+    from weakseg.stages.train_cls import TrainClsConfig, train_cls
 
     run = args.out / f"{method}_seed{seed}"
     t0 = time.perf_counter()
@@ -42,25 +60,25 @@ def run_one(args, data: Path, method: str, seed: int) -> dict:
         out=run / "cls",
         method=method,
         preset=args.preset,
+        set=cls_overrides(args),
+        backbone=args.backbone,
         seed=seed,
         device=args.device,
-        grad_clip=args.grad_clip,
         workers=args.workers,
     )
     train_cls(cfg)
     result: dict = {"method": method, "seed": seed, "train_s": round(time.perf_counter() - t0, 1)}
-    result |= training_log(run / "cls" / "tb", resolve_hparams(cfg).grad_clip)
+    result |= training_log(run / "cls" / "tb", method_config(run / "cls")["grad_clip"])
     kinds = ["plain"] + (["fusion"] if method == "mcis" and not args.no_fusion else [])
     for kind in kinds:
-        partners, self_pairs = (3, True) if kind == "fusion" else (0, False)
+        options = PAPER_FUSION if kind == "fusion" else PLAIN_HEAD
         miou, threshold = seed_miou(
             run / "cls",
             data,
             run / f"cams_{kind}",
             seed,
             args.device,
-            partners_per_class=partners,
-            self_pairs=self_pairs,
+            cam_set=cam_options(method, options),
         )
         result[kind] = {"miou": miou, "threshold": threshold}
         print(f"seed {seed} {method} {kind}: {miou:.2f} (threshold {threshold})", flush=True)
@@ -95,8 +113,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["cam", "mcis"], choices=["cam", "mcis"])
     ap.add_argument("--size", default="small", help="synthetic preset generated when no --data is given")
-    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--preset", default="cpu", help="the methods' preset (cpu, cpu192, paper, tiny)")
+    ap.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0, tiny or timm:<name>")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     ap.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (default: the preset's)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more train-cls --set overrides")
     ap.add_argument("--no-fusion", action="store_true", help="skip the paper-fusion CAMs (3 partners + self-pairs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="data-loading processes per training")

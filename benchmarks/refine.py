@@ -15,6 +15,12 @@ real CAMs of the CAM stage (``<id>.npz``) are used instead.
     python benchmarks/refine.py --data D --cams C     # a dataset and CAMs from the CAM stage
     python benchmarks/refine.py --data runs/demo/data --cams runs/demo/cams --background threshold \
         --bg-threshold 0.55 --ignore-margin 0.05       # the demo's CAMs, as `weakseg run` labels them
+    python benchmarks/refine.py --n 4 --work /tmp/refine_smoke   # smoke
+
+Rows: ``none``; ``par``: PAR with AFA's settings (10 steps, w1 0.3, full image size); ``par@N``: the same at
+most N px; ``par20@0.65x``: ``weakseg pseudo``'s / ``weakseg run``'s defaults (20 steps, w1 0.2, 0.65x the image
+size); ``crf``: dense CRF, 10 iterations. Background rule and ignore margin: ``--background``, ``--bg-threshold``
+and ``--ignore-margin`` (default: ``weakseg pseudo``'s margin, 0.05).
 """
 
 from __future__ import annotations
@@ -73,9 +79,9 @@ def main() -> None:
     ap.add_argument("--split", default="train")
     ap.add_argument("--n", type=int, default=150, help="images to use")
     ap.add_argument("--work", type=Path, default=Path("/tmp/weakseg_bench_refine"))
-    ap.add_argument("--background", default="power")
-    ap.add_argument("--bg-threshold", type=float, default=None, help="threshold rule's (default: PseudoConfig's)")
-    ap.add_argument("--ignore-margin", type=float, default=None, help="default: PseudoConfig's")
+    ap.add_argument("--background", default="power", help="background rule: power or threshold")
+    ap.add_argument("--bg-threshold", type=float, default=None, help="background score of the threshold rule")
+    ap.add_argument("--ignore-margin", type=float, default=None, help="default: weakseg pseudo's (PseudoOptions)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lowres", type=int, default=80, help="max side of the reduced-resolution PAR row")
     args = ap.parse_args()
@@ -84,9 +90,11 @@ def main() -> None:
     from weakseg.engine.artifacts import load_npz
     from weakseg.eval.metrics import IGNORE, ConfusionMatrix, segmentation_class_names
     from weakseg.refine.background import low_margin, normalise_scores, scores_to_label
-    from weakseg.refine.pseudo import BACKGROUNDS, REFINERS, PseudoConfig
+    from weakseg.refine.pseudo import BACKGROUNDS, REFINERS, PseudoOptions
 
     torch.set_num_threads(args.threads)
+    if args.background == "threshold" and args.bg_threshold is None:
+        raise SystemExit("--background threshold needs --bg-threshold T (e.g. the run's eval/cams.json best - 0.15)")
     data = args.data
     if data is None:
         from weakseg.data.synthetic import SynthConfig, generate
@@ -98,11 +106,12 @@ def main() -> None:
     n = min(args.n, len(ds))
     cam_source = f"CAM stage output {args.cams}" if args.cams else "synthetic CAMs derived from ground-truth masks"
 
-    base = PseudoConfig(cams=Path("."), data=data, out=Path("."), background=args.background)
+    base = PseudoOptions(background=args.background)
     if args.ignore_margin is not None:
         base = replace(base, ignore_margin=args.ignore_margin)
     if args.bg_threshold is not None:
         base = replace(base, bg_threshold=args.bg_threshold)
+    base.check()
     rng = np.random.default_rng(0)
     items = []  # (image, gt, probs before refinement, rule ignore, classes)
     for i in range(n):
@@ -119,18 +128,12 @@ def main() -> None:
 
     names = segmentation_class_names(ds.class_names)
     rows = []
-    from weakseg.pipeline import RunConfig
-
-    run = RunConfig(out=Path("."))  # the pipeline's PAR settings (more steps than PseudoConfig's AFA defaults)
-    variants = [  # (row name, refiner, config changes)
+    afa = {"par_iters": 10, "par_w1": 0.3, "par_scale": 1.0}  # AFA's PAR (the refiner's reference settings)
+    variants = [  # (row name, refiner, option changes)
         ("none", "none", {}),
-        ("par", "par", {}),
-        (f"par@{args.lowres}", "par", {"par_max_side": args.lowres}),
-        (
-            f"par{run.par_iters}@{run.par_scale}x",
-            "par",
-            {"par_iters": run.par_iters, "par_w1": run.par_w1, "par_scale": run.par_scale},
-        ),
+        ("par", "par", afa),
+        (f"par@{args.lowres}", "par", {**afa, "par_max_side": args.lowres}),
+        (f"par{base.par_iters}@{base.par_scale}x", "par", {}),  # weakseg pseudo's / run's defaults
         ("crf", "crf", {}),
     ]
     for name, refiner, extra in variants:
@@ -141,7 +144,7 @@ def main() -> None:
         try:
             for image, gt, probs, ignore, classes in items:
                 t0 = time.perf_counter()
-                refined = REFINERS[refiner](image, probs, cfg) if len(classes) else probs
+                refined = REFINERS[refiner](image, probs, cfg, None) if len(classes) else probs
                 seconds += time.perf_counter() - t0
                 ign = low_margin(refined, cfg.ignore_margin)
                 if ignore is not None:
@@ -160,20 +163,20 @@ def main() -> None:
     print(f"data: {data} split {args.split}, {n} images, mean size {np.mean(sizes, axis=0).round().astype(int)}")
     print(f"CAMs: {cam_source}; background rule {base.background}, ignore margin {base.ignore_margin}")
     print(
-        f"torch threads: {torch.get_num_threads()}; PAR: {base.par_iters} iters, w1 {base.par_w1}, dilations "
-        f"(1,2,4,8,12,24); par{run.par_iters}@{run.par_scale}x: {run.par_iters} iters, w1 {run.par_w1} at "
-        f"{run.par_scale}x the image size (weakseg run's); CRF: 10 iters"
+        f"torch threads: {torch.get_num_threads()}; PAR: {afa['par_iters']} iters, w1 {afa['par_w1']}, dilations "
+        f"(1,2,4,8,12,24); par{base.par_iters}@{base.par_scale}x: {base.par_iters} iters, w1 {base.par_w1} at "
+        f"{base.par_scale}x the image size (weakseg pseudo's and run's); CRF: 10 iters"
     )
-    print(f"{'refiner':<9}{'img/s':>9}{'mIoU':>8}{'prec':>8}{'recall':>8}{'ignored':>9}")
+    print(f"{'refiner':<13}{'img/s':>9}{'mIoU':>8}{'prec':>8}{'recall':>8}{'ignored':>9}")
     speed = {}
     for refiner, ips, m, ign in rows:
         if m is None:
-            print(f"{refiner:<9}  unavailable: {ign}")
+            print(f"{refiner:<13}  unavailable: {ign}")
             continue
         speed[refiner] = ips
         ips_s = "-" if refiner == "none" else f"{ips:.1f}"
         print(
-            f"{refiner:<9}{ips_s:>9}{100 * m.miou:>8.2f}{100 * m.mean_precision:>8.2f}"
+            f"{refiner:<13}{ips_s:>9}{100 * m.miou:>8.2f}{100 * m.mean_precision:>8.2f}"
             f"{100 * m.mean_recall:>8.2f}{100 * ign:>8.1f}%"
         )
     if "crf" in speed:
