@@ -4,14 +4,15 @@ The loop knows nothing about methods: a method gives a ``step_fn(model, batch, e
 (a dict of scalar tensors; ``"loss"`` is back-propagated, the rest are logged) and a
 ``make_loader(epoch)`` that returns the epoch's batches. Each epoch is seeded by ``seed + epoch``,
 so a run resumed at an epoch boundary reproduces an uninterrupted run exactly. State is saved
-after every epoch (safetensors + JSON) and restored on restart.
+after every epoch (safetensors + JSON) and restored on restart; the weights after chosen epochs
+can be kept as snapshots (:func:`snapshot_name`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ def poly_lr(total_steps: int, power: float = 0.9) -> Callable[[int], float]:
 
 def step_lr(steps_per_epoch: int, milestones: tuple[int, ...], gamma: float = 0.1) -> Callable[[int], float]:
     return lambda step: gamma ** sum(step >= m * steps_per_epoch for m in milestones)
+
+
+def snapshot_name(epoch: int) -> str:
+    """File name of the weights after ``epoch`` finished epochs (1-based): ``epoch_<n>.safetensors``."""
+    return f"epoch_{epoch}.safetensors"
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -87,10 +93,12 @@ def fit(
     device: torch.device,
     log_dir: str | Path | None = None,
     steps_per_epoch: int | None = None,
+    snapshot_epochs: Collection[int] = (),
 ) -> dict[str, float]:
     """Train ``model`` for ``cfg.epochs``, resuming from ``out_dir`` when it holds a saved state.
 
-    Writes ``out_dir/model.safetensors`` (final weights; the raw module, not the DDP wrapper).
+    Writes ``out_dir/model.safetensors`` (final weights; the raw module, not the DDP wrapper) and, after
+    each epoch ``n`` (1-based) of ``snapshot_epochs``, ``out_dir/epoch_<n>.safetensors``.
     Returns the last epoch's mean losses.
     """
     out_dir = Path(out_dir)
@@ -139,6 +147,8 @@ def fit(
         means = {k: v / counts[k] for k, v in sums.items()}
         if dist.is_main():
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, _fmt(means))
+            if epoch + 1 in snapshot_epochs:  # before the state: a resumed run never skips a snapshot
+                save_model(out_dir / snapshot_name(epoch + 1), model)
             save_training_state(state_dir, model, optimizer, {"epoch": epoch + 1, "step": step})
         dist.barrier()
     if dist.is_main():

@@ -100,6 +100,11 @@ class Method:
     def grad_clip(self) -> float:
         return float(getattr(self.cfg, "grad_clip", 0.0))
 
+    @property
+    def snapshot_epochs(self) -> tuple[int, ...]:
+        """Epochs (1-based) after which train-cls also keeps the weights (``cfg.snapshots`` when the config has it)."""
+        return tuple(int(e) for e in getattr(self.cfg, "snapshots", ()))
+
     def loader(self, ds: SegDataset, ctx: LoaderContext) -> LoaderFactory:
         raise NotImplementedError(f"method {self.name!r} does not define loader()")
 

@@ -5,9 +5,10 @@ made), from the method's prediction hook (:meth:`weakseg.methods.base.Method.cam
 + flip views; for MCIS also co-attention CAMs with partners and self-pairs, set by the method's
 ``test_*`` options, which ``--set`` overrides here). Each image gives ``out/<image_id>.npz`` with ``cams``
 ``float16 [K', H, W]`` in ``[0, 1]`` at the image's full size and ``classes`` ``int16 [K']`` (K' = 0 for
-an image without labels). Files are written atomically; existing ones are kept (resume); a folder made
-with other scales, views or method options is refused (or rebuilt with ``--overwrite``). Under
-torchrun every rank takes every ``world_size``-th image.
+an image without labels). Files are written atomically; existing ones are kept (resume);
+``--epoch N`` takes the classifier's snapshot after N epochs instead of its final weights (recorded as
+``epoch``); a folder made with other scales, views or method options is refused (or rebuilt with
+``--overwrite``). Under torchrun every rank takes every ``world_size``-th image.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class MakeCamsOptions:
     """KEY=VALUE overrides of the method's prediction options, e.g. test_partners=3 test_self_pairs=true (mcis)"""
     shard: bool = True
     """under torchrun, split the images across ranks"""
+    epoch: int | None = None
+    """use the classifier's weights after this many training epochs (a train-cls snapshot,
+    cls/epoch_<N>.safetensors); default: the final model"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +72,7 @@ def make_cams(cfg: MakeCamsConfig) -> Path:
         raise ConfigError(f"scales must be positive numbers, got {cfg.scales}")
     device = resolve_device(cfg.device)
     dist.init_distributed(device)
-    net, method, cls_meta = load_classifier(cfg.cls_dir, device)
+    net, method, cls_meta = load_classifier(cfg.cls_dir, device, cfg.epoch)
     method = type(method)(apply_overrides(method.cfg, cfg.set))
     ds = open_dataset(cfg.data, cfg.split, cfg.fmt)
     class_names = cls_meta["record"]["class_names"]
