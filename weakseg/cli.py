@@ -174,6 +174,11 @@ def _summary_text(out: Path, summary: dict) -> str:
     for stage in ("seeds", "pseudo", "segmenter"):
         if stage in summary and summary[stage].get("miou") is not None:
             lines.append(f"  {stage:<10} mIoU {100 * summary[stage]['miou']:.2f}")
+        elif stage in summary:
+            lines.append(f"  {stage:<10} no mIoU (no masks to score it)")
+    pseudo = summary.get("pseudo") or {}
+    if pseudo.get("bg_threshold_source"):
+        lines.append(f"  background threshold {pseudo['bg_threshold']}: {pseudo['bg_threshold_source']}")
     lines.append(f"  report: {Path(out) / 'report.html'}")
     return "\n".join(lines)
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weakseg.data.registry import open_dataset
 from weakseg.data.synthetic import SynthConfig, generate
 from weakseg.engine.artifacts import is_done, mark_done
 from weakseg.errors import ConfigError, unknown_name
 from weakseg.methods import METHODS
 from weakseg.refine.pseudo import PseudoOptions
-from weakseg.stages.eval_cams import EvalCamsConfig, EvalCamsOptions, eval_cams
+from weakseg.stages.eval_cams import EvalCamsConfig, EvalCamsOptions, eval_cams, mask_source
 from weakseg.stages.eval_seg import EvalSegConfig, EvalSegOptions, eval_seg
 from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
@@ -129,6 +130,7 @@ def _cams(ctx: RunContext) -> Path:
 
 
 def _eval_cams(ctx: RunContext) -> dict:
+    """The seed sweep, on the train masks or the calibration masks; skipped (with a note) when there are none."""
     cfg = with_io(
         ctx.opts.eval_cams,
         EvalCamsConfig,
@@ -138,8 +140,22 @@ def _eval_cams(ctx: RunContext) -> dict:
         split=ctx.train_split,
         out=ctx.out / "eval" / "cams.json",
     )
+    if mask_source(cfg, open_dataset(ctx.data, ctx.train_split, ctx.fmt)) is None:
+        note = (
+            f"split {ctx.train_split!r} has no masks: no seed mIoU, and the background threshold is the mask-free "
+            "default (label a few images and give --eval-cams.calib DIR to tune it)"
+        )
+        log.info("eval-cams skipped: %s", note)
+        Path(cfg.out).unlink(missing_ok=True)  # a sweep of an earlier run must not be mistaken for this one's
+        ctx.summary["seeds"] = {"miou": None, "skipped": note}
+        return {}
     seeds = eval_cams(cfg)
-    ctx.summary["seeds"] = {"miou": seeds["best_miou"], "threshold": seeds["best_threshold"]}
+    ctx.summary["seeds"] = {
+        "miou": seeds["best_miou"],
+        "threshold": seeds["best_threshold"],
+        "masks_read": seeds["masks_read"],
+        **({"mask_ids": seeds["mask_ids"]} if seeds.get("mask_ids") else {}),
+    }
     ctx.results["seeds"] = seeds
     return seeds
 
@@ -194,7 +210,7 @@ def _pseudo(ctx: RunContext) -> dict:
         out=ctx.out / "pseudo",
         fmt=ctx.fmt,
         split=ctx.train_split,
-        seeds=ctx.out / "eval" / "cams.json",
+        seeds=ctx.out / "eval" / "cams.json" if ctx.results.get("seeds") else None,  # none: the mask-free default
         affinity=ctx.out / "aff" if _uses_rw(ctx) else None,
         overwrite=ctx.overwrite,
     )
@@ -204,6 +220,8 @@ def _pseudo(ctx: RunContext) -> dict:
         "miou_non_ignored": (pseudo.get("scored") or {}).get("miou"),
         "ignored_fraction": pseudo.get("ignored_fraction"),
         "bg_threshold": pseudo.get("bg_threshold"),
+        "bg_threshold_source": pseudo.get("bg_threshold_source"),
+        "masks_read": pseudo.get("masks_read"),
     }
     return pseudo
 
@@ -241,7 +259,9 @@ def _eval_seg(ctx: RunContext) -> dict:
         device=ctx.device,
     )
     result = eval_seg(cfg)
-    ctx.summary["segmenter"] = {"miou": result["miou"], "split": ctx.val_split}
+    ctx.summary["segmenter"] = {"miou": result["miou"], "split": ctx.val_split, "masks_read": result.get("masks_read")}
+    if result.get("note"):
+        ctx.summary["segmenter"]["note"] = result["note"]
     return result
 
 

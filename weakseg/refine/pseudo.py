@@ -43,6 +43,12 @@ BG_OFFSET = 0.15
 """the threshold rule's default background score is the seed sweep's best threshold minus this (the refiner grows
 regions); chosen on the synthetic benchmark's train masks (docs/results/demo.md)"""
 
+MASK_FREE_BG_THRESHOLD = 0.45
+"""the threshold rule's background score when no masks can tune it (no seed sweep): the demo's value (its cpu192
+CAMs' best seed threshold 0.6 minus BG_OFFSET). On the synthetic benchmark's train masks it was within 1.3 points
+of the best pseudo-label mIoU for those CAMs and 2.1 for the 128-px classifier's (docs/results/demo.md); CAMs of
+another classifier or dataset may want another value: label a few images and let eval-cams tune it (calib)"""
+
 
 @dataclass(frozen=True)
 class PseudoOptions:
@@ -52,7 +58,8 @@ class PseudoOptions:
     """background rule: threshold (constant bg_threshold), power ((1 - max CAM)^bg_power), mcis (saliency maps)"""
     bg_threshold: float | None = None
     """background score of the threshold rule; None = the best seed threshold of the eval-cams sweep minus
-    BG_OFFSET (that sweep reads the split's masks: without masks, give a number)"""
+    BG_OFFSET where a sweep ran (it reads masks: the split's or a calibration folder's), else
+    MASK_FREE_BG_THRESHOLD"""
     bg_power: float = 3.0
     """exponent of the power rule; foreground where max CAM > (1 - max CAM)^p (p=3: above ~0.32)"""
     refiner: str = "par"
@@ -104,6 +111,22 @@ class PseudoOptions:
         if self.background != "threshold":
             d.pop("bg_threshold")
         return d
+
+
+def choose_bg_threshold(given: float | None, seeds: dict | None) -> tuple[float, str]:
+    """The threshold rule's background score and where it came from, in words (for metrics and reports).
+
+    ``given`` (a number the user chose) wins; else an eval-cams result ``seeds`` with a sweep gives
+    :func:`background_threshold`; else :data:`MASK_FREE_BG_THRESHOLD`.
+    """
+    if given is not None:
+        return float(given), "given (bg_threshold)"
+    if seeds and seeds.get("best_threshold") is not None and seeds.get("best_miou") is not None:
+        calib = seeds.get("mask_source") == "calib"
+        where = seeds.get("masks_read", "calibration masks") if calib else f"the {seeds.get('split', 'train')} masks"
+        best = float(seeds["best_threshold"])
+        return background_threshold(seeds), f"tuned on {where}: the seed sweep's best {best:g} - {BG_OFFSET}"
+    return MASK_FREE_BG_THRESHOLD, f"mask-free default {MASK_FREE_BG_THRESHOLD} (no masks to tune it on)"
 
 
 def background_threshold(seeds: dict) -> float:

@@ -1,7 +1,8 @@
 """Stage ``eval-seg``: a trained segmenter on a dataset split -> ``out/pred/<id>.png`` and ``out/metrics.json``.
 
 Predictions average softmax outputs over ``scales`` and flips (:func:`weakseg.seg.predict.predict_masks`);
-the metrics (mIoU, precision, recall per class, background first) read the split's ground-truth masks.
+the metrics (mIoU, precision, recall per class, background first) read the split's ground-truth masks. A split
+without masks still gets its predictions; its ``metrics.json`` then holds ``miou: null`` and a note.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from weakseg.data.palette import save_mask_png
 from weakseg.data.registry import open_dataset
 from weakseg.engine.artifacts import mark_done, save_json
 from weakseg.engine.device import resolve_device
-from weakseg.errors import ConfigError, DataError
+from weakseg.errors import ConfigError
 from weakseg.eval.metrics import ConfusionMatrix, segmentation_class_names
 from weakseg.seg.models import load_segmenter
 from weakseg.seg.predict import predict_masks
@@ -73,17 +74,22 @@ def eval_seg(cfg: EvalSegConfig) -> dict:
         if gt is not None:
             cm.update(gt, mask)
             with_gt += 1
+    settings = {"split": cfg.split, "scales": list(cfg.scales), "flip": cfg.flip, "crf": cfg.crf}
     if with_gt == 0:
-        raise DataError(f"split {cfg.split!r} of {cfg.data} has no ground-truth masks to evaluate against")
+        note = f"split {cfg.split!r} of {cfg.data} has no masks: predictions written to {out / 'pred'}, no metrics"
+        log.info("eval-seg: %s", note)
+        result = {"miou": None, **settings, "num_images": 0, "num_predicted": len(ds), "masks_read": None,
+                  "note": note}  # fmt: skip
+        save_json(out / "metrics.json", result)
+        mark_done(out)
+        return result
     m = cm.metrics()
     result = {
         **m.to_dict(),
         "table": m.table(),
-        "split": cfg.split,
+        **settings,
         "num_images": with_gt,
-        "scales": list(cfg.scales),
-        "flip": cfg.flip,
-        "crf": cfg.crf,
+        "num_predicted": len(ds),
         "masks_read": f"ground-truth masks of split {cfg.split!r} of {cfg.data}",
     }
     save_json(out / "metrics.json", result)

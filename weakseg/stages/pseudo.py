@@ -10,7 +10,9 @@ Outputs: the PNGs (atomic, existing ones kept: an interrupted run resumes), ``co
 fraction of ignored pixels) and ``DONE`` last. ``miou`` scores every pixel with the ignored ones counted as
 background, as IRN's ``eval_sem_seg.py`` scores its pseudo labels (Ahn et al., CVPR 2019); ``scored`` holds the
 same metrics on the non-ignored pixels only (how clean the labels the segmenter learns from are). The masks
-are read only for these metrics.
+are read only for these metrics; a split without masks gets its labels and no metrics. ``bg_threshold_source``
+says where the threshold rule's background score came from (given, tuned on masks by eval-cams, or the mask-free
+default: :func:`weakseg.refine.pseudo.choose_bg_threshold`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from weakseg.errors import ConfigError, DataError
 from weakseg.eval.metrics import IGNORE, ConfusionMatrix, confusion, segmentation_class_names
 from weakseg.refine.affinity_net import MODEL as AFFINITY_MODEL
 from weakseg.refine.affinity_net import load_affinity_net
-from weakseg.refine.pseudo import Affinity, PseudoOptions, background_threshold, make_label
+from weakseg.refine.pseudo import Affinity, PseudoOptions, choose_bg_threshold, make_label
 from weakseg.stages.io import DataInput, StageOutput
 from weakseg.stages.progress import progress
 
@@ -50,7 +52,8 @@ class PseudoConfig(PseudoOptions, DataInput, StageOutput):
     cams: Path
     """folder of ``<image_id>.npz`` CAM files (with a DONE marker)"""
     seeds: Path | None = None
-    """eval-cams result (JSON) whose best threshold sets bg_threshold when that is None"""
+    """eval-cams result (JSON) whose best threshold sets bg_threshold when that is None (without it: the mask-free
+    default)"""
     saliency: Path | None = None
     """folder of ``<image_id>.png`` saliency maps (0..255); given with background=power, mcis is used"""
     affinity: Path | None = None
@@ -74,13 +77,16 @@ class PseudoConfig(PseudoOptions, DataInput, StageOutput):
         if cfg.refiner != "rw" and cfg.affinity is not None:
             raise ConfigError(f"--affinity is only used by the 'rw' refiner, not {cfg.refiner!r}")
         if cfg.background == "threshold" and cfg.bg_threshold is None:
-            if cfg.seeds is None:
-                raise ConfigError(
-                    "the threshold background rule needs --bg-threshold T, or --seeds eval/cams.json (an eval-cams "
-                    "result, which reads the split's masks) to take its best threshold minus 0.15"
-                )
-            cfg = replace(cfg, bg_threshold=background_threshold(load_json(cfg.seeds)))
+            cfg = replace(cfg, bg_threshold=cfg.threshold_choice()[0])
         return cfg
+
+    def threshold_choice(self) -> tuple[float | None, str | None]:
+        """The threshold rule's background score and its source in words (None, None for the other rules)."""
+        if self.background != "threshold":
+            return None, None
+        if self.bg_threshold is None and self.seeds is not None and not Path(self.seeds).is_file():
+            raise ConfigError(f"--seeds {self.seeds} does not exist; run eval-cams first or leave --seeds out")
+        return choose_bg_threshold(self.bg_threshold, load_json(self.seeds) if self.seeds is not None else None)
 
     def record(self) -> dict:
         """What fixes the labels: the options in use and the inputs (not workers, out, overwrite, seeds)."""
@@ -199,6 +205,7 @@ def make_pseudo(cfg: PseudoConfig) -> dict:
 
     Skips a complete output folder (DONE) made with the same configuration; resumes a partial one.
     """
+    source = cfg.threshold_choice()[1]
     cfg = cfg.resolved()
     out = Path(cfg.out)
     if not Path(cfg.cams).is_dir():
@@ -244,12 +251,15 @@ def make_pseudo(cfg: PseudoConfig) -> dict:
         "num_images": len(results),
         "num_with_ground_truth": with_gt,
         "bg_threshold": cfg.bg_threshold,
+        "bg_threshold_source": source,
+        "masks_read": f"ground-truth masks of split {cfg.split!r} of {cfg.data}" if with_gt else None,
         "written": written,
         "kept": len(results) - written,
         "seconds": round(seconds, 2),
         "table": metrics.table() if with_gt else "no ground truth: no metrics",
     }
     if not with_gt:
+        log.info("pseudo: split %r of %s has no masks: labels written, no metrics", cfg.split, cfg.data)
         for k in ("miou", "pixel_accuracy", "mean_precision", "mean_recall"):
             report[k] = report["scored"][k] = None
     save_json(out / "metrics.json", report)
