@@ -6,8 +6,10 @@ from pathlib import Path
 
 PLAIN_HEAD = ("test_partners=0", "test_self_pairs=false")
 """``make-cams --set`` of an MCIS classifier for its plain-head CAMs only (no partners, no self-pairs)"""
-PAPER_FUSION = ("test_partners=3", "test_self_pairs=true")
-"""``make-cams --set`` of an MCIS classifier for the paper's test-time fusion (3 partners per class + self-pairs)"""
+PAPER_FUSION = ("test_fusion=weakseg", "test_partners=3", "test_self_pairs=true")
+"""``make-cams --set`` of an MCIS classifier for weakseg's test-time fusion (plain-head + co-attention CAMs of 3
+partners per class + self-pairs), called the paper fusion before the official code's (``test_fusion=official``)
+was added"""
 
 
 def cam_options(method: str, options: tuple[str, ...]) -> tuple[str, ...]:

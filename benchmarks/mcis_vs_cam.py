@@ -3,7 +3,7 @@
 For each seed: train a plain CAM classifier and an MCIS classifier (EfficientNet-Lite0, ``cpu``
 preset), make CAMs of the train split at scales (1.0, 0.5, 1.5) + flip, and score the seeds
 (best background threshold on the train split, as WSSS papers report seeds). MCIS is scored twice:
-its plain-head CAMs (``make-cams --set test_partners=0 test_self_pairs=false``), and the paper's test-time
+its plain-head CAMs (``make-cams --set test_partners=0 test_self_pairs=false``), and weakseg's test-time
 fusion (plain + co-attention CAMs of 3 partners per class + self-pairs: ``--set test_partners=3
 test_self_pairs=true``). Prints mean ± sample standard deviation over seeds.
 
@@ -39,7 +39,7 @@ from common import (
 VARIANTS = {
     "plain CAM": ("cam", "plain"),
     "MCIS, plain-head CAMs": ("mcis", "plain"),
-    "MCIS, paper fusion (3 partners + self-pairs)": ("mcis", "fusion"),
+    "MCIS, weakseg fusion (3 partners + self-pairs)": ("mcis", "fusion"),
 }
 
 
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     ap.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (default: the preset's)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more train-cls --set overrides")
-    ap.add_argument("--no-fusion", action="store_true", help="skip the paper-fusion CAMs (3 partners + self-pairs)")
+    ap.add_argument("--no-fusion", action="store_true", help="skip the fusion CAMs (3 partners + self-pairs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="data-loading processes per training")
     ap.add_argument("--generate-only", action="store_true", help="write the synthetic data and stop")
