@@ -36,6 +36,7 @@ At test time the CAMs are fused by one of :data:`TEST_FUSIONS` (``test_fusion``)
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ from weakseg.methods.cam import (
     finish_cams,
 )
 from weakseg.methods.mcis_extra import WebFilter, extra_pair_loss, query_scores, web_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -438,6 +441,9 @@ class MCISPredictor(CamImagePredictor):
 
     def __init__(self, net: MCISNet, ds: SegDataset, views: Sequence[View], cfg: MCISConfig, device, seed: int):
         self.fusion = TEST_FUSIONS[cfg.test_fusion]
+        if self.fusion.views and list(views) != list(self.fusion.views):
+            log.info("MCIS test_fusion %s uses its own views %s, not the %d given", cfg.test_fusion,
+                     [(v.scale, v.flip) for v in self.fusion.views], len(views))  # fmt: skip
         super().__init__(net, ds, self.fusion.views or views, cfg.input_size, device)
         self.cfg, self.seed = cfg, seed
         self.labels = [r.labels for r in ds.records]
