@@ -93,7 +93,8 @@ class MCISConfig(CamConfig):
     self_pairs: tuple[tuple[float, bool], ...] = ((1.0, True), (0.75, False), (2.0, False))
     """training self-pair copies of the anchor as (scale, flip): flipped, 0.75× and 2× (the reference)"""
     test_partners: int = 3
-    """CAMs: partner images per labelled class whose co-attention maps are fused in (0 = plain-head CAMs only)"""
+    """CAMs: partner images per labelled class whose co-attention maps are fused in (0: none; with test_fusion
+    weakseg and no self-pairs, the plain-head CAMs alone)"""
     test_self_pairs: bool = True
     """CAMs (test_fusion weakseg): add co-attention maps of the image paired with its own other views"""
     test_fusion: str = "weakseg"
