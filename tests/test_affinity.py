@@ -168,7 +168,8 @@ def soft_cams(synth_root, tmp_path_factory) -> Path:
 
 
 def _aff_config(synth_root, cams, out):
-    from weakseg.refine.train_affinity import TrainAffinityConfig
+    from weakseg.engine.dense import DenseTrainConfig
+    from weakseg.stages.train_aff import TrainAffinityConfig
 
     return TrainAffinityConfig(
         cams=cams,
@@ -180,9 +181,8 @@ def _aff_config(synth_root, cams, out):
         radius=2,
         fg_threshold=0.7,
         bg_threshold=0.3,
-        epochs=8,  # 40 steps: enough for the random tiny net to tell the synthetic textures apart
-        batch_size=8,
-        lr=1e-2,
+        # 40 steps: enough for the random tiny net to tell the synthetic textures apart
+        train=DenseTrainConfig(epochs=8, batch_size=8, lr=1e-2),
         crop=64,
         device="cpu",
     )
@@ -190,7 +190,7 @@ def _aff_config(synth_root, cams, out):
 
 @pytest.fixture(scope="module")
 def trained_aff(synth_root, soft_cams, tmp_path_factory) -> Path:
-    from weakseg.refine.train_affinity import train_affinity
+    from weakseg.stages.train_aff import train_affinity
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("aff") / "aff"
@@ -200,13 +200,15 @@ def trained_aff(synth_root, soft_cams, tmp_path_factory) -> Path:
 def test_train_affinity_writes_model_and_skips_when_done(synth_root, soft_cams, trained_aff):
     from weakseg.engine.artifacts import is_done, load_json
     from weakseg.refine.affinity_net import load_affinity_net
-    from weakseg.refine.train_affinity import train_affinity
+    from weakseg.stages.train_aff import train_affinity
 
     out = trained_aff
     assert is_done(out) and (out / "model.safetensors").is_file() and any((out / "tb").iterdir())
     assert (out / "DONE").stat().st_mtime_ns >= (out / "model.safetensors").stat().st_mtime_ns
     meta = load_json(out / "config.json")
-    assert meta["stage"] == "train-aff" and meta["radius"] == 2 and meta["train"]["backbone"] == "tiny"
+    assert meta["stage"] == "train-aff" and meta["radius"] == 2 and meta["backbone"] == "tiny"
+    assert meta["record"]["backbone"] == "tiny" and meta["record"]["train"]["epochs"] == 8
+    assert (meta["record"]["fg_threshold"], meta["record"]["bg_threshold"]) == (0.7, 0.3)
     losses = load_json(out / "DONE")["final_losses"]
     assert {"train/loss", "train/bg_pos", "train/fg_pos", "train/neg"} <= set(losses)
     net, _ = load_affinity_net(out)
@@ -214,16 +216,17 @@ def test_train_affinity_writes_model_and_skips_when_done(synth_root, soft_cams, 
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     assert train_affinity(_aff_config(synth_root, soft_cams, out)) == out  # complete: skipped
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(ConfigError, match="another configuration"):
+    with pytest.raises(ConfigError, match=r"another configuration \(differs in: radius\)"):
         train_affinity(replace(_aff_config(synth_root, soft_cams, out), radius=3))
 
 
 def test_train_affinity_resumes_from_last_epoch(synth_root, soft_cams, tmp_path):
     from weakseg.engine.artifacts import load_json, save_json
-    from weakseg.refine.train_affinity import train_affinity
+    from weakseg.stages.train_aff import train_affinity
 
     out = tmp_path / "aff"
-    cfg = replace(_aff_config(synth_root, soft_cams, out), epochs=2, crop=32, batch_size=20)  # 2 steps/epoch
+    cfg = _aff_config(synth_root, soft_cams, out)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2, batch_size=20), crop=32)  # 2 steps/epoch
     train_affinity(cfg)
     # an interrupted run: DONE gone, the saved state after epoch 1 (step marked 100 to see what reruns)
     (out / "DONE").unlink()
@@ -236,7 +239,7 @@ def test_train_affinity_resumes_from_last_epoch(synth_root, soft_cams, tmp_path)
 
 
 def test_train_affinity_config_errors(synth_root, soft_cams, tmp_path):
-    from weakseg.refine.train_affinity import train_affinity
+    from weakseg.stages.train_aff import train_affinity
 
     cfg = _aff_config(synth_root, soft_cams, tmp_path / "aff")
     with pytest.raises(ConfigError, match="bg_threshold <= fg_threshold"):
@@ -249,9 +252,9 @@ def test_train_affinity_config_errors(synth_root, soft_cams, tmp_path):
 
 
 def test_pseudo_rw_config_errors(tmp_path, trained_aff):
-    from weakseg.refine.pseudo import PseudoConfig
+    from weakseg.stages.pseudo import PseudoConfig
 
-    cfg = PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path)
+    cfg = PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path, bg_threshold=0.3)
     with pytest.raises(ConfigError, match="crf, none, par, rw"):
         replace(cfg, refiner="grabcut").resolved()
     with pytest.raises(ConfigError, match="train-aff"):
@@ -264,10 +267,12 @@ def test_pseudo_rw_config_errors(tmp_path, trained_aff):
 
 
 def test_pseudo_rw_refuses_an_unfinished_affinity_folder(synth_root, soft_cams, tmp_path):
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     (tmp_path / "aff").mkdir()
-    cfg = PseudoConfig(cams=soft_cams, data=synth_root, out=tmp_path / "p", refiner="rw", affinity=tmp_path / "aff")
+    cfg = PseudoConfig(
+        cams=soft_cams, data=synth_root, out=tmp_path / "p", bg_threshold=0.4, refiner="rw", affinity=tmp_path / "aff"
+    )
     with pytest.raises(DataError, match="train-aff"):
         make_pseudo(cfg)
 
@@ -277,13 +282,13 @@ def test_pseudo_rw_end_to_end(synth_root, soft_cams, trained_aff, tmp_path, monk
     from weakseg.data.palette import read_mask_png
     from weakseg.data.registry import open_dataset
     from weakseg.engine.artifacts import load_json
-    from weakseg.refine import affinity_net, pseudo
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages import pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     loads = []
-    real = affinity_net.load_affinity_net
-    monkeypatch.setattr(affinity_net, "load_affinity_net", lambda *a, **k: loads.append(a) or real(*a, **k))
-    pseudo._AFFINITY_NET.clear()
+    real = pseudo.load_affinity_net
+    monkeypatch.setattr(pseudo, "load_affinity_net", lambda *a, **k: loads.append(a) or real(*a, **k))
+    pseudo._AFFINITY.clear()
     cfg = PseudoConfig(
         cams=soft_cams,
         data=synth_root,
@@ -292,6 +297,7 @@ def test_pseudo_rw_end_to_end(synth_root, soft_cams, trained_aff, tmp_path, monk
         bg_threshold=0.4,
         refiner="rw",
         affinity=trained_aff,
+        ignore_margin=0.1,  # the stage's default when the figures below were measured
         rw_iters=32,  # PSA's 256 steps leak more through a 3-second tiny net (measured: mIoU 0.48 vs 0.70)
     )
     m = make_pseudo(cfg)
@@ -299,7 +305,7 @@ def test_pseudo_rw_end_to_end(synth_root, soft_cams, trained_aff, tmp_path, monk
     assert m["written"] == len(ds) and len(loads) == 1
     chance = 1 / (ds.num_classes + 1)
     assert m["miou"] > 0.5 > 5 * chance  # measured 0.70 (no refiner: 0.98; uniform affinities: 0.10)
-    saved = load_json(tmp_path / "pseudo" / "config.json")
+    saved = load_json(tmp_path / "pseudo" / "config.json")["record"]
     assert saved["refiner"] == "rw" and saved["rw_iters"] == 32 and saved["affinity"] == str(trained_aff)
     for rec in ds.records:
         values = set(np.unique(read_mask_png(tmp_path / "pseudo" / f"{rec.image_id}.png")).tolist())
@@ -307,13 +313,18 @@ def test_pseudo_rw_end_to_end(synth_root, soft_cams, trained_aff, tmp_path, monk
     # the other refiners' saved configs do not grow the rw keys (folders made before rw stay valid)
     none_cfg = replace(cfg, out=tmp_path / "none", refiner="none", affinity=None)
     make_pseudo(none_cfg)
-    assert "rw_beta" not in load_json(tmp_path / "none" / "config.json")
-    assert "par_iters" not in load_json(tmp_path / "none" / "config.json")
+    assert "rw_beta" not in load_json(tmp_path / "none" / "config.json")["record"]
+    assert "par_iters" not in load_json(tmp_path / "none" / "config.json")["record"]
     assert "par_iters" not in saved
 
 
-def test_pipeline_affinity_thresholds_from_the_seed_sweep(tmp_path):
-    from weakseg.pipeline import RunConfig, _aff_config, aff_thresholds, background_threshold
+def test_pipeline_affinity_thresholds_from_the_seed_sweep(tmp_path, monkeypatch):
+    from weakseg import tasks
+    from weakseg.engine.dense import DenseTrainConfig
+    from weakseg.pipeline import RunConfig
+    from weakseg.refine.pseudo import PseudoOptions, background_threshold
+    from weakseg.stages.train_aff import TrainAffinityOptions
+    from weakseg.tasks import aff_thresholds
 
     assert aff_thresholds({"best_threshold": 0.7, "best_miou": 0.4}) == {"fg_threshold": 0.8, "bg_threshold": 0.5}
     assert aff_thresholds({"best_threshold": 0.9, "best_miou": 0.4}) == {"fg_threshold": 0.95, "bg_threshold": 0.7}
@@ -324,9 +335,23 @@ def test_pipeline_affinity_thresholds_from_the_seed_sweep(tmp_path):
     assert background_threshold({"best_threshold": 0.1, "best_miou": 0.5}) == 0.05
     with pytest.raises(ConfigError, match="--bg-threshold"):
         background_threshold({"best_threshold": None, "best_miou": None})
-    run = RunConfig(out=tmp_path, refiner="rw", backbone="tiny", aff_epochs=1, seed=3)
-    aff = _aff_config(
-        run, tmp_path / "data", tmp_path / "cams", tmp_path / "aff", {"best_threshold": 0.6, "best_miou": 1}
+    # the run's aff stage: its own options, the run's seed, thresholds from the seed sweep
+    seen = {}
+    monkeypatch.setattr(tasks, "train_affinity", lambda cfg: seen.setdefault("aff", cfg))
+    monkeypatch.setattr(tasks, "make_pseudo", lambda cfg: seen.setdefault("pseudo", cfg) and {})
+    opts = tasks.RunOptions(
+        aff=TrainAffinityOptions(backbone="tiny", train=DenseTrainConfig(epochs=1)), pseudo=PseudoOptions(refiner="rw")
     )
-    assert (aff.backbone, aff.epochs, aff.seed, aff.fg_threshold, aff.bg_threshold) == ("tiny", 1, 3, 0.7, 0.4)
-    assert RunConfig().refiner == "par"  # the default refiner is unchanged
+    ctx = tasks.RunContext(out=tmp_path, data=tmp_path / "data", method="mcis", opts=opts, seed=3)
+    ctx.results["seeds"] = {"best_threshold": 0.6, "best_miou": 1}
+    aff_stage = next(st for st in tasks.TASKS["tags"].stages if st.name == "aff")
+    assert aff_stage.when(ctx)  # the aff stage runs with the rw refiner only
+    assert not aff_stage.when(replace(ctx, opts=tasks.RunOptions()))
+    aff_stage.run(ctx)
+    aff = seen["aff"]
+    assert (aff.backbone, aff.train.epochs, aff.seed, aff.fg_threshold, aff.bg_threshold) == ("tiny", 1, 3, 0.7, 0.4)
+    assert (aff.cams, aff.out) == (tmp_path / "cams", tmp_path / "aff")
+    assert ctx.summary["aff"] == {"fg_threshold": 0.7, "bg_threshold": 0.4}
+    next(st for st in tasks.TASKS["tags"].stages if st.name == "pseudo").run(ctx)
+    assert seen["pseudo"].affinity == tmp_path / "aff" and seen["pseudo"].refiner == "rw"
+    assert RunConfig().pseudo.refiner == "par"  # the default refiner is unchanged

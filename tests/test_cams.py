@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 import torch
 
 from weakseg.cams.cam import View, apply_view, average_normalized, fuse_views, make_views, normalize_cams, undo_view
-from weakseg.cams.evaluate import EvalCamsConfig, eval_cams, seeds_from_cams
-from weakseg.cams.make import MakeCamsConfig, make_cams
+from weakseg.cams.seeds import seeds_from_cams
 from weakseg.data.registry import open_dataset
 from weakseg.engine.artifacts import is_done, load_json, load_npz
 from weakseg.errors import ConfigError
-from weakseg.methods.train import TrainClsConfig, load_classifier, train_cls
+from weakseg.methods.cam import CamMethod
+from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
+from weakseg.stages.make_cams import MakeCamsConfig, make_cams
+from weakseg.stages.train_cls import TrainClsConfig, load_classifier, train_cls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,36 +55,50 @@ def test_seeds_from_cams():
     assert seeds_from_cams(np.zeros((0, 2, 3)), np.zeros(0), 0.1).tolist() == [[0, 0, 0]] * 2
 
 
-def _cls_cfg(root, out, method, **kw):
-    return TrainClsConfig(data=root, out=out, method=method, backbone="tiny", preset="tiny", device="cpu", **kw)
+def _cls_cfg(root, out, method, *overrides, **kw):
+    return TrainClsConfig(
+        data=root, out=out, method=method, backbone="tiny", preset="tiny", set=overrides, device="cpu", **kw
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(synth_root, tmp_path_factory):
     """cam and mcis classifiers trained for 1 epoch with the tiny preset (seconds)."""
     base = tmp_path_factory.mktemp("cls")
-    return {m: train_cls(_cls_cfg(synth_root, base / m, m, epochs=1, batch_size=8)) for m in ("cam", "mcis")}
+    return {m: train_cls(_cls_cfg(synth_root, base / m, m, "epochs=1", "batch_size=8")) for m in ("cam", "mcis")}
 
 
 def test_train_cls_outputs(trained, synth_dataset):
     for method, out in trained.items():
         assert is_done(out) and (out / "model.safetensors").is_file() and any((out / "tb").iterdir())
         meta = load_json(out / "config.json")
-        assert meta["method"] == method and meta["class_names"] == list(synth_dataset.class_names)
-        assert meta["hparams"]["input_size"] == 64 and meta["config"]["epochs"] == 1
-        net, _ = load_classifier(out)
+        rec = meta["record"]
+        assert meta["stage"] == "train-cls" and meta["preset"] == "tiny"
+        assert meta["num_classes"] == synth_dataset.num_classes and meta["images"] == len(synth_dataset)
+        assert rec["method"] == method and rec["class_names"] == list(synth_dataset.class_names)
+        assert rec["method_config"]["input_size"] == 64 and rec["method_config"]["epochs"] == 1  # preset + --set
+        assert rec["method_config"]["batch_size"] == 8 and rec["backbone"] == "tiny" and "extra" not in rec
+        net, m, meta2 = load_classifier(out)
         assert net.num_classes == synth_dataset.num_classes and not net.training
+        assert m.name == method and m.cfg.epochs == 1 and meta2 == meta
 
 
 @pytest.mark.parametrize("method", ["cam", "mcis"])
 def test_make_and_eval_cams(trained, synth_root, tmp_path, method):
     cfg = MakeCamsConfig(
         cls_dir=trained[method], data=synth_root, out=tmp_path / "cams", split="val", scales=(1.0, 0.5),
-        partners_per_class=2,
+        set=("test_partners=2",) if method == "mcis" else (),
         device="cpu",
     )  # fmt: skip
     make_cams(cfg)
     assert is_done(cfg.out)
+    record = load_json(cfg.out / "config.json")["record"]
+    assert record["method"] == method and record["scales"] == [1.0, 0.5]
+    if method == "mcis":  # --set reaches the method's prediction options (the tiny preset has 1 partner)
+        assert record["method_config"]["test_partners"] == 2
+    else:
+        with pytest.raises(ConfigError, match="no option 'test_partners'"):
+            make_cams(dataclasses.replace(cfg, out=tmp_path / "x", set=("test_partners=2",)))
     val = open_dataset(synth_root, "val")
     for i, rec in enumerate(val.records):
         z = load_npz(cfg.out / f"{rec.image_id}.npz")
@@ -98,6 +115,11 @@ def test_make_and_eval_cams(trained, synth_root, tmp_path, method):
     assert load_json(tmp_path / "e.json")["best_miou"] == res["best_miou"]
 
 
+def val_labels(root, image_id):
+    val = open_dataset(root, "val")
+    return next(r.labels for r in val.records if r.image_id == image_id)
+
+
 def test_make_cams_resumes_and_handles_empty_labels(trained, synth_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
@@ -111,49 +133,66 @@ def test_make_cams_resumes_and_handles_empty_labels(trained, synth_root, tmp_pat
         cls_dir=trained["mcis"], data=root, out=out, split="val", scales=(1.0,), flip=False, device="cpu"
     )
     out.mkdir()
-    sentinel = np.full((1, 2, 2), 0.5, np.float16)
-    from weakseg.engine.artifacts import save_npz
-
-    save_npz(out / f"{second}.npz", cams=sentinel, classes=np.zeros(1, np.int16))  # "already written"
+    (out / "stray.txt").write_text("x")
+    with pytest.raises(ConfigError, match="holds no config.json"):  # never writes into a folder it did not make
+        make_cams(cfg)
+    (out / "stray.txt").unlink()
     make_cams(cfg)
     assert load_npz(out / f"{first}.npz")["cams"].shape[0] == 0
+    # an interrupted run: no DONE, one file missing, one "already written"
+    from weakseg.engine.artifacts import save_npz
+
+    (out / "DONE").unlink()
+    (out / f"{first}.npz").unlink()
+    sentinel = np.full((1, 2, 2), 0.5, np.float16)
+    save_npz(out / f"{second}.npz", cams=sentinel, classes=np.zeros(1, np.int16))
+    make_cams(cfg)
+    assert is_done(out) and load_npz(out / f"{first}.npz")["cams"].shape[0] == 0
     assert np.array_equal(load_npz(out / f"{second}.npz")["cams"], sentinel)  # skipped, not recomputed
     mtime = (out / f"{first}.npz").stat().st_mtime_ns
     make_cams(cfg)  # DONE: nothing rewritten
     assert (out / f"{first}.npz").stat().st_mtime_ns == mtime
+    # other scales or method options: refused, or rebuilt with overwrite
+    for other in (dataclasses.replace(cfg, scales=(1.0, 0.5)), dataclasses.replace(cfg, set=("test_partners=0",))):
+        with pytest.raises(ConfigError, match="another configuration"):
+            make_cams(other)
+    make_cams(dataclasses.replace(cfg, set=("test_partners=0",), overwrite=True))
+    assert is_done(out) and load_npz(out / f"{second}.npz")["cams"].shape[0] == len(val_labels(root, second))
+    assert load_json(out / "config.json")["record"]["method_config"]["test_partners"] == 0
 
 
 def test_train_cls_resume_skips_finished_epochs(trained, synth_root, monkeypatch, caplog):
     out = trained["cam"]
-    assert train_cls(_cls_cfg(synth_root, out, "cam", epochs=1, batch_size=8)) == out  # DONE: skipped
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    assert train_cls(_cls_cfg(synth_root, out, "cam", "epochs=1", "batch_size=8")) == out  # DONE: skipped
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
     (out / "DONE").unlink()
     calls = []
-    from weakseg.methods import registry
-
-    orig = registry.METHODS["cam"]
-    monkeypatch.setitem(
-        registry.METHODS, "cam", dataclasses.replace(orig, step=lambda *a: calls.append(1) or orig.step(*a))
-    )
+    orig = CamMethod.step
+    monkeypatch.setattr(CamMethod, "step", lambda self, *a: calls.append(1) or orig(self, *a))
     with caplog.at_level("INFO"):
-        train_cls(_cls_cfg(synth_root, out, "cam", epochs=1, batch_size=8))
+        train_cls(_cls_cfg(synth_root, out, "cam", "epochs=1", "batch_size=8"))
     assert calls == [] and is_done(out) and "resuming from epoch 1" in caplog.text
-    # one more epoch: only the new one runs
-    (out / "DONE").unlink()
-    train_cls(_cls_cfg(synth_root, out, "cam", epochs=2, batch_size=8))
-    assert len(calls) == 5  # 40 images / 8 per step, epoch 2 only
-    # a different method in the same folder is refused
-    (out / "DONE").unlink()
-    with pytest.raises(ConfigError, match="another"):
-        train_cls(_cls_cfg(synth_root, out, "cam", epochs=2, batch_size=8, input_size=48))
+    # one more epoch: only the new one runs (no DONE to remove: more epochs extend a complete run)
+    train_cls(_cls_cfg(synth_root, out, "cam", "epochs=2", "batch_size=8"))
+    assert len(calls) == 5 and is_done(out)  # 40 images / 8 per step, epoch 2 only
+    assert load_json(out / "config.json")["record"]["method_config"]["epochs"] == 2
+    # other hyper-parameters in the same folder are refused, naming what differs
+    with pytest.raises(ConfigError, match=r"another configuration \(differs in: method_config\.input_size\)"):
+        train_cls(_cls_cfg(synth_root, out, "cam", "epochs=2", "batch_size=8", "input_size=48"))
+    assert is_done(out) and len(calls) == 5
 
 
 def test_checkpoint_mismatch_is_a_clear_error(trained, tmp_path):
     bad = tmp_path / "cls"
     shutil.copytree(trained["cam"], bad)
     meta = load_json(bad / "config.json")
-    meta["num_classes"] = 3
-    (bad / "config.json").write_text(__import__("json").dumps(meta))
+    meta["record"]["class_names"] = meta["record"]["class_names"][:3]  # a 3-class network
+    (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="does not match"):
+        load_classifier(bad)
+    (bad / "config.json").write_text(json.dumps({"method": "cam", "hparams": {}}))  # an older version's config
+    with pytest.raises(ConfigError, match="retrain"):
         load_classifier(bad)
     with pytest.raises(ConfigError, match="no trained classifier"):
         load_classifier(tmp_path / "nothing")
@@ -162,7 +201,7 @@ def test_checkpoint_mismatch_is_a_clear_error(trained, tmp_path):
 def test_extra_data_folder_must_exist(synth_root, tmp_path):
     # extra data itself is tested in test_extra.py
     with pytest.raises(ConfigError, match="folder not found"):
-        train_cls(_cls_cfg(synth_root, tmp_path / "x", "mcis", extra=("web:/x",)))
+        train_cls(_cls_cfg(synth_root, tmp_path / "x", "mcis", "extra=web:/x"))
 
 
 def test_cam_grid(trained, synth_root, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from weakseg.methods.train import TrainClsConfig, train_cls
+from weakseg.stages.train_cls import TrainClsConfig, train_cls
 
 
 def _free_port() -> int:
@@ -33,9 +33,10 @@ def _env() -> dict[str, str]:
 
 def _args(synth_root: Path) -> list[str]:
     # 40 main pairs, 8 single and 8 web pairs: every batch holds 4 pairs, 2 per process
+    extra = f"extra=single:{synth_root / 'extra_single'}:0.2,web:{synth_root / 'extra_web'}:0.2"
     return [
-        "--data", str(synth_root), "--backbone", "tiny", "--preset", "tiny", "--epochs", "1", "--device", "cpu",
-        "--extra", f"single:{synth_root / 'extra_single'}:0.2", f"web:{synth_root / 'extra_web'}:0.2",
+        "--data", str(synth_root), "--backbone", "tiny", "--preset", "tiny", "--set", "epochs=1", extra,
+        "--device", "cpu",
     ]  # fmt: skip
 
 
@@ -59,7 +60,7 @@ def test_two_processes_train_like_one(synth_root, single_run, tmp_path):
 
     from weakseg.backbones import create_backbone
     from weakseg.engine.device import seed_everything
-    from weakseg.methods import get_method, get_preset
+    from weakseg.methods import create_method
 
     out = tmp_path / "cls2"
     cmd = [
@@ -74,9 +75,9 @@ def test_two_processes_train_like_one(synth_root, single_run, tmp_path):
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5), (k, (one[k] - two[k]).abs().max())
     # and training did move the weights (the comparison is not between two untrained nets)
-    hp = get_preset("tiny")
+    method = create_method("mcis", "tiny")
     seed_everything(0)
-    init = get_method("mcis").build(create_backbone("tiny", None, hp.output_stride, pretrained=True), 10, hp)
+    init = method.build(create_backbone("tiny", None, method.cfg.output_stride, pretrained=True), 10)
     moved = max((one[k] - v).abs().max().item() for k, v in init.state_dict().items() if v.is_floating_point())
     assert moved > 1e-3
     steps = json.loads((out / "DONE").read_text())
@@ -91,8 +92,8 @@ def _make_cams_worker(rank: int, world: int, port: int, cls_dir: str, data: str,
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
-    from weakseg.cams import make
-    from weakseg.cams.make import MakeCamsConfig, make_cams
+    from weakseg.stages import make_cams as make
+    from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 
     written: list[str] = []
     save = make.save_npz
@@ -105,7 +106,12 @@ def _make_cams_worker(rank: int, world: int, port: int, cls_dir: str, data: str,
     try:
         make_cams(
             MakeCamsConfig(
-                cls_dir=Path(cls_dir), data=Path(data), out=Path(out), scales=(1.0,), partners_per_class=1, device="cpu"
+                cls_dir=Path(cls_dir),
+                data=Path(data),
+                out=Path(out),
+                scales=(1.0,),
+                set=("test_partners=1",),
+                device="cpu",
             )
         )
     finally:

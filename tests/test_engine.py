@@ -134,7 +134,7 @@ def test_config_record_drops_fields_that_do_not_change_outputs():
     from dataclasses import dataclass
     from pathlib import Path
 
-    from weakseg.engine.artifacts import config_record
+    from weakseg.engine.stage import stage_record
 
     @dataclass(frozen=True)
     class C:
@@ -142,8 +142,12 @@ def test_config_record_drops_fields_that_do_not_change_outputs():
         scales: tuple[float, ...]
         workers: int = 2
         device: str = "cpu"
+        overwrite: bool = False
 
-    assert config_record(C(Path("x"), (1.0, 0.5))) == {"out": "x", "scales": [1.0, 0.5]}
+    assert stage_record(C(Path("x"), (1.0, 0.5))) == {"scales": [1.0, 0.5]}
+    assert stage_record(C(Path("x"), (1.0,)), drop=("workers", "overwrite")) == {
+        "out": "x", "scales": [1.0], "device": "cpu",
+    }  # fmt: skip
 
 
 def test_fit_logs_the_gradient_norm_and_clips_it(tmp_path):

@@ -1,7 +1,8 @@
-"""Extra data for MCIS (settings 2 and 3): --extra parsing, opening, pair plan, losses, noise filter, training."""
+"""Extra data for MCIS (settings 2 and 3): extra=... parsing, opening, pair plan, losses, noise filter, training."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -21,9 +22,11 @@ from weakseg.data.extra import (
     parse_extra,
 )
 from weakseg.data.labels import write_classes, write_cls_labels
+from weakseg.data.recipes import local_batch_size
 from weakseg.errors import ConfigError
-from weakseg.methods.extra import WebFilter, extra_pair_loss, extra_step, query_scores, web_weights
-from weakseg.methods.train import TrainClsConfig, local_batch_size, train_cls
+from weakseg.methods.mcis import extra_step
+from weakseg.methods.mcis_extra import WebFilter, extra_pair_loss, query_scores, web_weights
+from weakseg.stages.train_cls import TrainClsConfig, train_cls
 
 NAMES = ("disc", "triangle", "ring", "cross", "star", "square", "ellipse", "arrow", "crescent", "hexagon")
 
@@ -99,15 +102,15 @@ def test_open_extra_maps_a_subset_by_name_and_rejects_other_names(tmp_path):
 
 def test_train_cls_extra_errors(synth_root, tmp_path):
     base = dict(data=synth_root, backbone="tiny", preset="tiny", device="cpu")
-    with pytest.raises(ConfigError, match="needs a method that trains on pairs"):
-        train_cls(
-            TrainClsConfig(out=tmp_path / "a", method="cam", extra=(f"single:{synth_root / 'extra_single'}",), **base)
-        )
+    with pytest.raises(ConfigError, match="CamConfig has no option 'extra'"):  # extra data needs pairs (mcis)
+        train_cls(TrainClsConfig(out=tmp_path / "a", method="cam", set=(f"extra=single:{synth_root / 'extra_single'}",),
+                                 **base))  # fmt: skip
     with pytest.raises(ConfigError, match="valid kinds"):
-        train_cls(TrainClsConfig(out=tmp_path / "b", extra=("video:x",), **base))
+        train_cls(TrainClsConfig(out=tmp_path / "b", set=("extra=video:x",), **base))
     with pytest.raises(ConfigError, match="threshold"):
-        train_cls(TrainClsConfig(out=tmp_path / "c", web_threshold=1.5, **base))
-    with pytest.raises(ConfigError, match="--batch-size 4 or 6"):
+        train_cls(TrainClsConfig(out=tmp_path / "c", set=("web.threshold=1.5",), **base))
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused before anything is written
+    with pytest.raises(ConfigError, match="batch_size=4 or 6"):
         local_batch_size(5, 2)
     assert local_batch_size(6, 3) == 2
 
@@ -242,9 +245,9 @@ def test_extra_pair_loss_weights_and_drops_pairs():
 
 def test_extra_step_keys_per_source():
     from weakseg.backbones import create_backbone
-    from weakseg.methods import MCISNet, get_preset
+    from weakseg.methods.mcis import PRESETS, MCISNet
 
-    hp = get_preset("tiny")
+    hp = PRESETS["tiny"]
     torch.manual_seed(0)
     net = MCISNet(create_backbone("tiny", output_stride=8), 4, hp).train()
     y = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0]])
@@ -273,12 +276,14 @@ def _scalars(tb_dir: Path) -> dict[str, list[float]]:
 def test_train_cls_with_single_and_web_extras_logs_per_source(synth_root, tmp_path):
     extra = (f"single:{synth_root / 'extra_single'}:0.25", f"web:{synth_root / 'extra_web'}:0.25")
     cfg = TrainClsConfig(
-        data=synth_root, out=tmp_path / "cls", backbone="tiny", preset="tiny", device="cpu", extra=extra, web_warmup=1
-    )
+        data=synth_root, out=tmp_path / "cls", backbone="tiny", preset="tiny", device="cpu",
+        set=(f"extra={','.join(extra)}", "web.warmup=1"),
+    )  # fmt: skip
     out = train_cls(cfg)
-    meta = json.loads((out / "config.json").read_text())
-    assert [e["kind"] for e in meta["extra"]] == ["single", "web"] and meta["extra"][1]["ratio"] == 0.25
-    assert meta["web_filter"] == {"warmup": 1, "threshold": 0.5, "weight": 0.0}
+    rec = json.loads((out / "config.json").read_text())["record"]
+    assert [e["kind"] for e in rec["extra"]] == ["single", "web"] and rec["extra"][1]["ratio"] == 0.25
+    assert rec["method_config"]["extra"] == list(extra)
+    assert rec["method_config"]["web"] == {"warmup": 1, "threshold": 0.5, "weight": 0.0}
     scalars = _scalars(out / "tb")
     steps_per_epoch = 10 + 3 + 3  # 40 main pairs, 10 single, 10 web, batches of 4
     assert len(scalars["train/loss"]) == 2 * steps_per_epoch
@@ -292,8 +297,8 @@ def test_train_cls_with_single_and_web_extras_logs_per_source(synth_root, tmp_pa
     assert done["train/web/co"] == pytest.approx(np.mean(scalars["train/web/co"][3:]))  # mean over web steps only
     # resuming with other extra data is refused
     (out / "DONE").unlink()
-    with pytest.raises(ConfigError, match="another extra"):
-        train_cls(TrainClsConfig(**{**cfg.__dict__, "extra": extra[:1]}))
+    with pytest.raises(ConfigError, match=r"differs in: extra, method_config\.extra\)"):
+        train_cls(dataclasses.replace(cfg, set=(f"extra={extra[0]}", "web.warmup=1")))
 
 
 # ---------------------------------------------------------------------------- data check on the extra sets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -10,12 +11,17 @@ import torch
 from weakseg.backbones import create_backbone
 from weakseg.cams.cam import make_views
 from weakseg.cams.coattention import co_attention
+from weakseg.config import config_from_dict
+from weakseg.engine.artifacts import jsonable
 from weakseg.errors import ConfigError
-from weakseg.methods import METHODS, PRESETS, CamNet, ClsHParams, MCISNet, get_method, get_preset, mcis_loss
-from weakseg.methods.cam import check_hparams
+from weakseg.methods import METHODS, create_method, get_method_class
+from weakseg.methods.cam import PRESETS as CAM_PRESETS
+from weakseg.methods.cam import CamConfig, CamNet
+from weakseg.methods.mcis import PRESETS, MCISConfig, MCISNet, mcis_loss
+from weakseg.tasks import methods_of
 
 K = 5
-HP = dataclasses.replace(get_preset("tiny"), input_size=32)
+HP = dataclasses.replace(PRESETS["tiny"], input_size=32)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,19 +41,43 @@ class _Counter:
 
 
 def test_registry_and_presets():
-    assert set(METHODS) == {"cam", "mcis"}
-    with pytest.raises(ConfigError, match="cam, mcis"):
-        get_method("grad-cam")
+    # the methods of the image-level-label task (other tasks, and tests, register methods of their own)
+    assert methods_of("tags") == ["cam", "mcis"]
+    assert all(METHODS[n].task == "tags" and METHODS[n].name == n for n in ("cam", "mcis"))
+    assert get_method_class("cam").Config is CamConfig and get_method_class("mcis").Config is MCISConfig
+    with pytest.raises(ConfigError, match="cam, .*mcis"):
+        get_method_class("grad-cam")
     with pytest.raises(ConfigError, match="cpu"):
-        get_preset("gpu")
+        create_method("mcis", "gpu")
     paper = PRESETS["paper"]
     assert (paper.epochs, paper.batch_size, paper.input_size, paper.output_stride) == (15, 5, 256, 8)
     assert (paper.lr, paper.momentum, paper.weight_decay, paper.lr_milestones) == (1e-3, 0.9, 5e-4, (5, 10))
     assert paper.lr_mult == (1, 2, 10, 20) and paper.contrastive_from_epoch == 2
-    for hp in PRESETS.values():
-        assert ClsHParams.from_dict(hp.to_dict()) == hp
+    # test-time pairing: the paper's 3 partners + self-pairs; off on CPU; 1 partner in the tests' preset
+    assert {n: (p.test_partners, p.test_self_pairs) for n, p in PRESETS.items()} == {
+        "paper": (3, True), "cpu": (0, False), "cpu192": (0, False), "tiny": (1, True),
+    }  # fmt: skip
+    for cls, presets in ((CamConfig, CAM_PRESETS), (MCISConfig, PRESETS)):
+        assert set(presets) == {"paper", "cpu", "cpu192", "tiny"}
+        for hp in presets.values():
+            assert type(hp) is cls and config_from_dict(cls, json.loads(json.dumps(jsonable(hp)))) == hp
+    # the MCIS presets extend the CAM presets of the same name (every CamConfig field equal)
+    for name, hp in PRESETS.items():
+        cam_fields = {f.name: getattr(hp, f.name) for f in dataclasses.fields(CamConfig)}
+        assert CamConfig(**cam_fields) == CAM_PRESETS[name]
     # run/demo's preset: the cpu preset at input 192, no self-pair copy, 2 frozen stages, nothing else changed
     assert PRESETS["cpu192"] == dataclasses.replace(PRESETS["cpu"], input_size=192, self_pairs=(), frozen_stages=2)
+    assert CAM_PRESETS["cpu192"] == dataclasses.replace(CAM_PRESETS["cpu"], input_size=192, frozen_stages=2)
+    # create_method: the preset with key=value overrides applied (nested fields by dotted keys)
+    m = create_method("mcis", "tiny", ("epochs=3", "lr_milestones=[1, 2]", "web.threshold=0.3", "self_pairs=[]"))
+    assert m.cfg == dataclasses.replace(
+        PRESETS["tiny"], epochs=3, lr_milestones=(1, 2), self_pairs=(),
+        web=dataclasses.replace(PRESETS["tiny"].web, threshold=0.3),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="no option 'epoch'"):
+        create_method("cam", "tiny", ("epoch=3",))
+    with pytest.raises(ConfigError, match="input_size"):
+        create_method("cam", "tiny", ("input_size=8",))  # the config's check() runs
 
 
 def test_cam_logits_are_gap_of_maps():
@@ -150,7 +180,7 @@ def test_mcis_step_trains():
     batch["views"] = [batch["anchor"].flip(-1)]
     losses = []
     for _ in range(20):
-        out = METHODS["mcis"].step(net, batch, 0, hp)
+        out = METHODS["mcis"](hp).step(net, batch, 0)
         opt.zero_grad()
         out["loss"].backward()
         assert net.gate.weight.grad is not None and net.coatt.weight.grad.abs().sum() > 0
@@ -217,19 +247,29 @@ def test_frozen_stages_get_no_gradient_and_keep_their_weights():
     with pytest.raises(ConfigError, match="frozen_stages"):  # the tiny test backbone has no stages to freeze
         CamNet(create_backbone("tiny"), K, hp)
     with pytest.raises(ConfigError, match="frozen_stages"):
-        check_hparams(dataclasses.replace(HP, frozen_stages=-1))
+        dataclasses.replace(HP, frozen_stages=-1).check()
 
 
-def test_resume_check_accepts_older_configs_and_refuses_other_hparams(tmp_path):
-    from weakseg.engine.artifacts import save_json
-    from weakseg.methods.train import _check_resume, _roundtrip
+def test_train_cls_contract_lets_more_epochs_extend_and_refuses_other_hparams(tmp_path):
+    """train-cls calls begin_stage with may_change=("method_config.epochs",): the rule checked on its record."""
+    from weakseg.engine.artifacts import is_done, load_json, mark_done, save_json
+    from weakseg.engine.stage import begin_stage
 
-    info = _roundtrip({"method": "mcis", "backbone": "tiny", "class_names": ["a"], "hparams": HP, "extra": []})
-    old = {**info, "hparams": {k: v for k, v in info["hparams"].items() if k != "frozen_stages"}}  # before the option
-    (tmp_path / "state").mkdir()
+    may = ("method_config.epochs",)
+    record = {"method": "mcis", "backbone": "tiny", "class_names": ["a"], "method_config": HP}
+    assert begin_stage(tmp_path, "train-cls", record, may_change=may) == "run"
+    mark_done(tmp_path)
+    assert begin_stage(tmp_path, "train-cls", record, may_change=may) == "complete"
+    more = {**record, "method_config": dataclasses.replace(HP, epochs=9)}
+    assert begin_stage(tmp_path, "train-cls", more, may_change=may) == "run"  # more epochs may continue the run
+    assert not is_done(tmp_path) and load_json(tmp_path / "config.json")["record"]["method_config"]["epochs"] == 9
     save_json(tmp_path / "state" / "train_state.json", {"epoch": 1})
-    save_json(tmp_path / "config.json", old)
-    _check_resume(tmp_path, info)
-    _check_resume(tmp_path, {**info, "hparams": {**info["hparams"], "epochs": 9}})  # more epochs may continue
-    with pytest.raises(ConfigError, match="hparams"):
-        _check_resume(tmp_path, {**info, "hparams": {**info["hparams"], "lr": 0.5}})
+    other = {**more, "method_config": dataclasses.replace(HP, epochs=9, lr=0.5)}
+    with pytest.raises(ConfigError, match=r"differs in: method_config\.lr\)"):
+        begin_stage(tmp_path, "train-cls", other, may_change=may)
+    with pytest.raises(ConfigError, match=r"differs in: backbone\)"):
+        begin_stage(tmp_path, "train-cls", {**more, "backbone": "efficientnet-lite0"}, may_change=may)
+    assert (tmp_path / "state" / "train_state.json").is_file()  # refused: nothing deleted
+    assert begin_stage(tmp_path, "train-cls", other, may_change=may, overwrite=True) == "run"
+    assert not (tmp_path / "state").exists()  # rebuilt from scratch
+    assert load_json(tmp_path / "config.json")["record"]["method_config"]["lr"] == 0.5

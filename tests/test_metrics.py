@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from weakseg.errors import DataError
-from weakseg.eval.folders import EvalConfig, evaluate_folders
 from weakseg.eval.metrics import ConfusionMatrix, confusion
+from weakseg.stages.evaluate import EvalConfig, evaluate_folders
 
 
 def naive_iou(gts, preds, c):

@@ -18,22 +18,21 @@ from weakseg.engine.artifacts import is_done, load_json, load_npz
 TINY = [
     "--synth-preset",
     "tiny",
-    "--backbone",
+    "--cls.backbone",
     "tiny",
-    "--cls-preset",
+    "--cls.preset",
     "tiny",
-    "--cls-epochs",
+    "--cls.set",
+    "epochs=2",
+    "input_size=48",
+    "--seg.arch",
+    "tiny",
+    "--seg.train.epochs",
     "2",
-    "--cls-input-size",
-    "48",
-    "--seg-arch",
-    "tiny",
-    "--seg-epochs",
-    "2",
-    "--cam-scales",
+    "--cams.scales",
     "1.0",
-    "--partners-per-class",
-    "1",
+    "--cams.set",
+    "test_partners=1",
     "--device",
     "cpu",
     "--report-images",
@@ -90,8 +89,24 @@ def test_run_writes_every_stage_and_report(reference_run):
         assert is_done(out / stage), stage
     assert (out / "report.html").read_text().count("<img") >= 4
     assert (out / "summary.json").is_file() and (out / "eval" / "cams.json").is_file()
-    assert load_json(out / "cls" / "config.json")["hparams"]["input_size"] == 48  # --cls-input-size reached it
-    assert load_json(out / "eval" / "seg" / "metrics.json")["scales"] == [1.0, 1.5]  # RunConfig.seg_eval_scales
+    cls = load_json(out / "cls" / "config.json")["record"]
+    assert cls["method"] == "mcis" and cls["backbone"] == "tiny"
+    assert (cls["method_config"]["input_size"], cls["method_config"]["epochs"]) == (48, 2)  # --cls.set reached it
+    assert load_json(out / "cams" / "config.json")["record"]["method_config"]["test_partners"] == 1  # --cams.set
+    assert load_json(out / "seg" / "config.json")["record"]["train"]["epochs"] == 2  # --seg.train.epochs
+    assert load_json(out / "eval" / "seg" / "metrics.json")["scales"] == [1.0, 1.5]  # EvalSegOptions.scales
+    summary = load_json(out / "summary.json")
+    assert {"task", "supervision", "method", "seeds", "pseudo", "segmenter", "timings_s"} <= summary.keys()
+    assert (summary["task"], summary["method"]) == ("tags", "mcis")
+    # the pseudo labels' background threshold came from the seed sweep (eval/cams.json)
+    seeds = load_json(out / "eval" / "cams.json")
+    assert summary["seeds"]["threshold"] == seeds["best_threshold"]
+    assert summary["pseudo"]["bg_threshold"] == pytest.approx(max(0.05, seeds["best_threshold"] - 0.15))
+    # the run's config.json reads back as the RunConfig it ran with
+    from weakseg.pipeline import load_run_config
+
+    cfg = load_run_config(out / "config.json")
+    assert cfg.cls.set == ("epochs=2", "input_size=48") and cfg.cams.scales == (1.0,) and cfg.seg.arch == "tiny"
 
 
 def test_rerun_skips_complete_stages(reference_run):

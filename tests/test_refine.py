@@ -24,6 +24,9 @@ from weakseg.refine.background import (
 )
 from weakseg.refine.par import par_affinity, par_refine
 
+OLD_DEFAULTS = {"background": "power", "ignore_margin": 0.1, "par_iters": 10, "par_scale": 1.0, "par_w1": 0.3}
+"""the pseudo options these tests were written for (the stage's defaults before the pipeline's became its own)"""
+
 # --- background rules on tiny arrays --------------------------------------------------------------
 
 
@@ -132,7 +135,8 @@ def test_par_improves_a_blurred_mask():
 def test_pseudo_config_passes_par_settings_to_the_refiner(tmp_path, monkeypatch):
     import numpy as np
 
-    from weakseg.refine import par, pseudo
+    from weakseg.refine import pseudo
+    from weakseg.stages.pseudo import PseudoConfig
 
     seen = {}
 
@@ -140,14 +144,18 @@ def test_pseudo_config_passes_par_settings_to_the_refiner(tmp_path, monkeypatch)
         seen.update(iters=iters, w1=w1, max_side=max_side, scale=scale)
         return probs
 
-    monkeypatch.setattr(par, "par_refine", spy)
-    cfg = pseudo.PseudoConfig(
-        cams=tmp_path, data=tmp_path, out=tmp_path, par_iters=50, par_w1=0.2, par_max_side=99, par_scale=0.5
-    )
+    monkeypatch.setattr(pseudo, "par_refine", spy)
+    cfg = PseudoConfig(
+        cams=tmp_path, data=tmp_path, out=tmp_path, bg_threshold=0.3, par_iters=50, par_w1=0.1, par_max_side=99,
+        par_scale=0.5,
+    )  # fmt: skip
     img, probs, _ = _toy()
     image = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    torch.testing.assert_close(pseudo._refine_par(image, probs, cfg), probs)
-    assert seen == {"iters": 50, "w1": 0.2, "max_side": 99, "scale": 0.5}
+    torch.testing.assert_close(pseudo._refine_par(image, probs, cfg, None), probs)
+    assert seen == {"iters": 50, "w1": 0.1, "max_side": 99, "scale": 0.5}
+    seen.clear()  # make_label reaches the refiner with the same options
+    pseudo.make_label(probs[1:].numpy(), [0], image, cfg.resolved())
+    assert seen == {"iters": 50, "w1": 0.1, "max_side": 99, "scale": 0.5}
     # and no propagation step leaves the scores as they were (what refiner "none" gives)
     torch.testing.assert_close(par_refine(img[None], probs[None], iters=0)[0], probs)
     with pytest.raises(ConfigError, match="par_iters"):
@@ -227,30 +235,39 @@ def gt_cams(synth_root, tmp_path_factory) -> Path:
 
 
 def test_registries_list_valid_names(tmp_path):
-    from weakseg.refine.pseudo import PseudoConfig
+    from weakseg.engine.artifacts import save_json
+    from weakseg.refine.pseudo import BG_OFFSET, MASK_FREE_BG_THRESHOLD
+    from weakseg.stages.pseudo import PseudoConfig
 
     cfg = PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path)
     with pytest.raises(ConfigError, match="mcis, power, threshold"):
         replace(cfg, background="otsu").resolved()
-    with pytest.raises(ConfigError, match="crf, none, par"):
+    with pytest.raises(ConfigError, match="crf, none, par, rw"):
         replace(cfg, refiner="grabcut").resolved()
     with pytest.raises(ConfigError, match="saliency"):
         replace(cfg, background="mcis").resolved()
-    assert replace(cfg, saliency=tmp_path).resolved().background == "mcis"
+    assert replace(cfg, background="power", saliency=tmp_path).resolved().background == "mcis"
+    with pytest.raises(ConfigError, match="only used by the 'mcis' background rule"):
+        replace(cfg, saliency=tmp_path).resolved()
+    # the default threshold rule: a given number, else an eval-cams sweep's best - BG_OFFSET, else the mask-free value
+    assert replace(cfg, bg_threshold=0.3).resolved().bg_threshold == 0.3
+    save_json(tmp_path / "seeds.json", {"best_threshold": 0.4, "best_miou": 0.5})
+    assert replace(cfg, seeds=tmp_path / "seeds.json").resolved().bg_threshold == pytest.approx(0.4 - BG_OFFSET)
+    assert replace(cfg, seeds=tmp_path / "seeds.json", bg_threshold=0.3).resolved().bg_threshold == 0.3
+    assert cfg.resolved().bg_threshold == MASK_FREE_BG_THRESHOLD
+    save_json(tmp_path / "no_masks.json", {"best_threshold": None, "best_miou": None})  # a sweep without masks
+    assert replace(cfg, seeds=tmp_path / "no_masks.json").resolved().bg_threshold == MASK_FREE_BG_THRESHOLD
+    with pytest.raises(ConfigError, match="does not exist"):
+        replace(cfg, seeds=tmp_path / "nothing.json").resolved()
 
 
 def test_pseudo_labels_metrics_exclude_ignored_pixels(synth_root, gt_cams, tmp_path):
     from weakseg.data.palette import read_mask_png, save_mask_png
     from weakseg.data.registry import open_dataset
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     ds = open_dataset(synth_root, "train")
     out = tmp_path / "pseudo"
-    # plant a label for image 0 that is wrong everywhere except where it says "ignore"
-    gt0 = ds.load_mask(0)
-    planted = np.full_like(gt0, 255)
-    planted[:, :10] = np.where(gt0[:, :10] == 255, 0, gt0[:, :10])
-    save_mask_png(out / f"{ds[0].image_id}.png", planted)
     cfg = PseudoConfig(
         cams=gt_cams,
         data=synth_root,
@@ -260,6 +277,15 @@ def test_pseudo_labels_metrics_exclude_ignored_pixels(synth_root, gt_cams, tmp_p
         refiner="none",
         ignore_margin=0.0,
     )
+    assert make_pseudo(cfg)["miou"] == pytest.approx(1.0)
+    # an interrupted run of this configuration: no DONE, no metrics, only image 0's label written...
+    for p in [out / "DONE", out / "metrics.json", *out.glob("*.png")]:
+        p.unlink()
+    # ...and planted: wrong everywhere except where it says "ignore"
+    gt0 = ds.load_mask(0)
+    planted = np.full_like(gt0, 255)
+    planted[:, :10] = np.where(gt0[:, :10] == 255, 0, gt0[:, :10])
+    save_mask_png(out / f"{ds[0].image_id}.png", planted)
     m = make_pseudo(cfg)
     # CAMs = ground truth -> perfect labels; the planted one is right wherever it is not 255
     assert m["scored"]["miou"] == pytest.approx(1.0)
@@ -276,10 +302,10 @@ def test_pseudo_labels_metrics_exclude_ignored_pixels(synth_root, gt_cams, tmp_p
 
 def test_pseudo_stage_resumes_and_writes_done_last(synth_root, gt_cams, tmp_path):
     from weakseg.engine.artifacts import is_done, load_json
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     out = tmp_path / "pseudo"
-    cfg = PseudoConfig(cams=gt_cams, data=synth_root, out=out, refiner="par")
+    cfg = PseudoConfig(cams=gt_cams, data=synth_root, out=out, refiner="par", **OLD_DEFAULTS)
     first = make_pseudo(cfg)
     assert is_done(out) and first["written"] == first["num_images"]
     assert first["miou"] > 0.8  # PAR on perfect CAMs keeps them (nearly) perfect
@@ -295,7 +321,7 @@ def test_pseudo_stage_resumes_and_writes_done_last(synth_root, gt_cams, tmp_path
     assert second["miou"] == pytest.approx(first["miou"])
     done = (out / "DONE").stat().st_mtime_ns
     assert all(done >= p.stat().st_mtime_ns for p in [*out.glob("*.png"), out / "metrics.json", out / "config.json"])
-    assert load_json(out / "config.json")["refiner"] == "par"
+    assert load_json(out / "config.json")["record"]["refiner"] == "par"
     # a complete folder is skipped; another configuration is refused
     assert make_pseudo(cfg)["miou"] == pytest.approx(first["miou"])
     with pytest.raises(ConfigError, match="another configuration"):
@@ -304,11 +330,11 @@ def test_pseudo_stage_resumes_and_writes_done_last(synth_root, gt_cams, tmp_path
 
 def test_pseudo_refuses_incomplete_cams(synth_root, tmp_path):
     from weakseg.errors import DataError
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     (tmp_path / "cams").mkdir()
     with pytest.raises(DataError, match="DONE"):
-        make_pseudo(PseudoConfig(cams=tmp_path / "cams", data=synth_root, out=tmp_path / "out"))
+        make_pseudo(PseudoConfig(cams=tmp_path / "cams", data=synth_root, out=tmp_path / "out", **OLD_DEFAULTS))
 
 
 def test_pseudo_labels_restricted_to_image_classes(synth_root, tmp_path):
@@ -316,7 +342,7 @@ def test_pseudo_labels_restricted_to_image_classes(synth_root, tmp_path):
     from weakseg.data.palette import read_mask_png
     from weakseg.data.registry import open_dataset
     from weakseg.engine.artifacts import mark_done, save_npz
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     ds = open_dataset(synth_root, "train")
     cams_dir = tmp_path / "cams"
@@ -328,7 +354,7 @@ def test_pseudo_labels_restricted_to_image_classes(synth_root, tmp_path):
         save_npz(cams_dir / f"{rec.image_id}.npz", cams=cams, classes=np.array([*rec.labels, absent], np.int16))
     mark_done(cams_dir)
     out = tmp_path / "pseudo"
-    make_pseudo(PseudoConfig(cams=cams_dir, data=synth_root, out=out, refiner="none", workers=0))
+    make_pseudo(PseudoConfig(cams=cams_dir, data=synth_root, out=out, refiner="none", workers=0, **OLD_DEFAULTS))
     for rec in ds.records:
         values = set(np.unique(read_mask_png(out / f"{rec.image_id}.png")).tolist())
         assert values <= {0, 255, *(c + 1 for c in rec.labels)}
@@ -340,7 +366,7 @@ def test_pseudo_mcis_rule_with_saliency_folder(synth_root, gt_cams, tmp_path):
     from weakseg.data.palette import read_mask_png
     from weakseg.data.registry import open_dataset
     from weakseg.engine.artifacts import save_png
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
     ds = open_dataset(synth_root, "train")
     sal_dir = tmp_path / "sal"
@@ -350,7 +376,8 @@ def test_pseudo_mcis_rule_with_saliency_folder(synth_root, gt_cams, tmp_path):
         sal[:4] = 255  # a salient strip without any CAM: must be ignored (unless it is an object)
         save_png(sal_dir / f"{rec.image_id}.png", Image.fromarray(sal))
     out = tmp_path / "pseudo"
-    m = make_pseudo(PseudoConfig(cams=gt_cams, data=synth_root, out=out, saliency=sal_dir, refiner="none"))
+    cfg = PseudoConfig(cams=gt_cams, data=synth_root, out=out, saliency=sal_dir, refiner="none", **OLD_DEFAULTS)
+    m = make_pseudo(cfg)  # background "power" with a saliency folder: the mcis rule
     assert m["scored"]["miou"] == pytest.approx(1.0)
     assert m["ignored_fraction"] > 0
     label = read_mask_png(out / f"{ds[0].image_id}.png")
@@ -361,19 +388,30 @@ def test_pseudo_mcis_rule_with_saliency_folder(synth_root, gt_cams, tmp_path):
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for a worker process")
 def test_pseudo_workers_match_in_process(synth_root, gt_cams, tmp_path):
-    from weakseg.refine.pseudo import PseudoConfig, make_pseudo
+    from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 
-    a = make_pseudo(PseudoConfig(cams=gt_cams, data=synth_root, out=tmp_path / "a", refiner="par"))
-    b = make_pseudo(PseudoConfig(cams=gt_cams, data=synth_root, out=tmp_path / "b", refiner="par", workers=1))
+    cfg = PseudoConfig(cams=gt_cams, data=synth_root, out=tmp_path / "a", refiner="par", **OLD_DEFAULTS)
+    a = make_pseudo(cfg)
+    b = make_pseudo(replace(cfg, out=tmp_path / "b", workers=1))
     assert a["miou"] == pytest.approx(b["miou"])
     for p in sorted((tmp_path / "a").glob("*.png")):
         assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
 
 
-def test_saved_pseudo_config_keeps_par_scale_only_when_it_changes_the_output(tmp_path):
-    from weakseg.refine.pseudo import PseudoConfig, _config_dict
+def test_saved_pseudo_config_keeps_only_options_that_change_the_output(tmp_path):
+    from weakseg.stages.pseudo import PseudoConfig
 
-    cfg = PseudoConfig(cams=tmp_path, data=tmp_path, out=tmp_path, refiner="par")
-    assert "par_scale" not in _config_dict(cfg)  # par folders written before the option stay valid
-    assert _config_dict(replace(cfg, par_scale=0.65))["par_scale"] == 0.65
-    assert "par_scale" not in _config_dict(replace(cfg, refiner="none", par_scale=0.65))
+    cfg = PseudoConfig(cams=tmp_path / "c", data=tmp_path / "d", out=tmp_path / "o", bg_threshold=0.3, refiner="par")
+    rec = cfg.record()
+    assert {k for k in rec if k.startswith("par_")} == {"par_iters", "par_w1", "par_scale", "par_max_side"}
+    assert rec["par_scale"] == 0.65 and rec["bg_threshold"] == 0.3 and rec["cams"] == str(tmp_path / "c")
+    # not recorded: the refiners and background rules not in use, and what cannot change the labels
+    assert not {"rw_beta", "rw_iters", "rw_max_side", "bg_power", "affinity", "saliency"} & rec.keys()
+    assert not {"workers", "out", "overwrite", "seeds"} & rec.keys()
+    assert replace(cfg, workers=3, seeds=tmp_path / "s.json").record() == rec
+    none = replace(cfg, refiner="none", par_scale=0.5).record()
+    assert not any(k.startswith(("par_", "rw_")) for k in none) and none == replace(cfg, refiner="none").record()
+    power = replace(cfg, background="power", bg_threshold=None).record()
+    assert power["bg_power"] == 3.0 and "bg_threshold" not in power
+    rw = replace(cfg, refiner="rw", affinity=tmp_path / "aff").record()
+    assert rw["affinity"] == str(tmp_path / "aff") and rw["rw_iters"] == 256 and "par_iters" not in rw

@@ -113,7 +113,7 @@ def test_train_transform_scales_jointly():
 
 
 def test_seg_loss_ignores_255():
-    from weakseg.seg.train import seg_loss
+    from weakseg.losses import partial_cross_entropy as seg_loss
 
     logits = torch.zeros(1, 3, 1, 2)
     logits[0, 1, 0, 0] = 10.0  # pixel 0: confident class 1
@@ -131,17 +131,21 @@ def test_seg_loss_ignores_255():
 
 def test_tiny_train_and_eval(synth_root, tmp_path):
     from weakseg.engine.artifacts import is_done, load_json
-    from weakseg.seg.predict import EvalSegConfig, eval_seg
-    from weakseg.seg.train import TrainSegConfig, train_seg
+    from weakseg.engine.dense import DenseTrainConfig
+    from weakseg.stages.eval_seg import EvalSegConfig, eval_seg
+    from weakseg.stages.train_seg import TrainSegConfig, train_seg
 
     out = tmp_path / "seg"
     cfg = TrainSegConfig(
-        data=synth_root, out=out, supervision="full", arch="tiny", epochs=1, batch_size=8, crop=64, device="cpu"
-    )
+        data=synth_root, out=out, supervision="full", arch="tiny", train=DenseTrainConfig(epochs=1, batch_size=8),
+        crop=64, device="cpu",
+    )  # fmt: skip
     assert train_seg(cfg) == out
     assert is_done(out) and (out / "model.safetensors").is_file()
     assert (out / "DONE").stat().st_mtime_ns >= (out / "model.safetensors").stat().st_mtime_ns
-    assert load_json(out / "config.json")["arch"] == "tiny"
+    meta = load_json(out / "config.json")
+    assert meta["stage"] == "train-seg" and meta["arch"] == "tiny" and meta["num_classes"] == 11
+    assert meta["record"]["supervision"] == "full" and meta["record"]["train"]["epochs"] == 1
     assert any((out / "tb").iterdir())
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     assert train_seg(cfg) == out and (out / "model.safetensors").stat().st_mtime_ns == mtime  # complete: skipped
@@ -151,6 +155,7 @@ def test_tiny_train_and_eval(synth_root, tmp_path):
     assert 0.0 <= res["miou"] <= 1.0
     assert "mean" in res["table"]
     assert load_json(tmp_path / "eval" / "metrics.json")["miou"] == res["miou"]
+    assert res["scales"] == [1.0, 1.5] and res["flip"]  # the default test-time views
     preds = sorted((tmp_path / "eval" / "pred").glob("*.png"))
     assert len(preds) == res["num_images"] == 16
 
@@ -160,21 +165,24 @@ def test_train_on_pseudo_labels_and_resume(synth_root, tmp_path):
     from weakseg.data.palette import save_mask_png
     from weakseg.data.registry import open_dataset
     from weakseg.engine.artifacts import load_json, mark_done
+    from weakseg.engine.dense import DenseTrainConfig
     from weakseg.errors import DataError
-    from weakseg.seg.train import TrainSegConfig, train_seg
+    from weakseg.stages.train_seg import TrainSegConfig, train_seg
 
     ds = open_dataset(synth_root, "train")
     labels = tmp_path / "pseudo"
     for i, rec in enumerate(ds.records):
         save_mask_png(labels / f"{rec.image_id}.png", ds.load_mask(i))
-    cfg = TrainSegConfig(data=synth_root, out=tmp_path / "seg", labels=labels, arch="tiny", epochs=2, crop=48)
+    cfg = TrainSegConfig(
+        data=synth_root, out=tmp_path / "seg", labels=labels, arch="tiny", train=DenseTrainConfig(epochs=2), crop=48
+    )
     with pytest.raises(DataError, match="DONE"):
         train_seg(cfg)  # the pseudo stage is not complete
     mark_done(labels)
     from dataclasses import replace
 
-    train_seg(replace(cfg, epochs=1))
-    with pytest.raises(ConfigError, match="another configuration"):
+    train_seg(replace(cfg, train=DenseTrainConfig(epochs=1)))
+    with pytest.raises(ConfigError, match=r"another configuration \(differs in: train\.epochs\)"):
         train_seg(cfg)
     # an interrupted 2-epoch run: state after epoch 1, no DONE -> the rerun trains epoch 2 only
     out2 = tmp_path / "seg2"
@@ -213,7 +221,7 @@ def test_predict_on_a_real_photo(tmp_path):
 
     from weakseg.data.images import load_rgb
     from weakseg.seg.models import SegmenterInfo, save_segmenter
-    from weakseg.seg.predict import PredictConfig, predict_images
+    from weakseg.stages.predict import PredictConfig, predict_images
 
     photo = sorted(COCO_IMAGES.glob("*.jpg"))[0]
     seg_dir = tmp_path / "seg"

@@ -76,6 +76,24 @@ def begin_stage(
     """
     out = Path(out)
     record = jsonable(record)
+    action = _decide(out, stage, record, overwrite, may_change)
+    # every process reads the folder before the main one changes it (else another rank may see a half-made one)
+    dist.barrier()
+    if action == "complete":
+        return "complete"
+    if action == "empty":
+        _empty(out, stage)
+    if dist.is_main():
+        clear_done(out)
+        save_json(out / CONFIG, {"stage": stage, "record": record, **(meta or {})})
+    dist.barrier()
+    return "run"
+
+
+def _decide(
+    out: Path, stage: str, record: Any, overwrite: bool, may_change: Iterable[str]
+) -> Literal["complete", "empty", "run"]:
+    """What :func:`begin_stage` does with ``out`` (reads only; raises the refusals)."""
     path = out / CONFIG
     if path.is_file():
         old = load_json(path).get("record")
@@ -90,8 +108,8 @@ def begin_stage(
                     f"{out} holds {stage} outputs made with another configuration (differs in: {shown}); "
                     "rerun with --overwrite to rebuild it, or choose another output folder"
                 )
-            _empty(out, stage)
-        elif diff:
+            return "empty"
+        if diff:
             log.info("%s: %s differs only in %s; extending it", stage, out, ", ".join(diff))
         else:
             log.info("%s: resuming the interrupted run in %s", stage, out)
@@ -101,11 +119,7 @@ def begin_stage(
                 f"{out} is not empty but holds no {CONFIG} from weakseg; choose an empty or new output folder "
                 "(or pass --overwrite to empty it)"
             )
-        _empty(out, stage)
-    if dist.is_main():
-        clear_done(out)
-        save_json(path, {"stage": stage, "record": record, **(meta or {})})
-    dist.barrier()
+        return "empty"
     return "run"
 
 

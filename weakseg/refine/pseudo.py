@@ -99,7 +99,7 @@ class PseudoOptions:
 
     def used(self) -> dict[str, Any]:
         """The options as a dict without those of the refiners not in use (they cannot change the labels)."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in PseudoOptions.__dataclass_fields__}  # not a subclass's (stage IO) fields
         unused = {"rw": ("rw_beta", "rw_iters", "rw_max_side"), "par": ("par_iters", "par_w1", "par_scale",
                                                                          "par_max_side")}  # fmt: skip
         for refiner, keys in unused.items():

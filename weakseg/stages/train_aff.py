@@ -129,10 +129,10 @@ def train_affinity(cfg: TrainAffinityConfig) -> Path:
     record = {**stage_record(cfg, drop=("device", "overwrite", "out")), "fg_threshold": fg, "bg_threshold": bg}
     record["train"].pop("workers", None)
     meta = {"backbone": cfg.backbone, "output_stride": cfg.output_stride, "dim": cfg.dim, "radius": cfg.radius}
+    device = resolve_device(cfg.device)
+    dist.init_distributed(device)  # before begin_stage: only the main process may write the folder
     if begin_stage(out, "train-aff", record, overwrite=cfg.overwrite, meta=meta) == "complete":
         return out
-    device = resolve_device(cfg.device)
-    dist.init_distributed(device)
     seed_everything(cfg.seed)
     model = build_affinity_net(cfg.backbone, cfg.output_stride, cfg.dim, cfg.weights, cfg.pretrained)
     offsets = neighbour_offsets(cfg.radius)

@@ -94,10 +94,10 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     record = stage_record(cfg, drop=("device", "overwrite", "out", "workers"))
     record["train"].pop("workers", None)
     meta = {"arch": cfg.arch, "num_classes": len(class_names), "class_names": list(class_names)}
+    device = resolve_device(cfg.device)
+    dist.init_distributed(device)  # before begin_stage: only the main process may write the folder
     if begin_stage(out, "train-seg", record, overwrite=cfg.overwrite, meta=meta) == "complete":
         return out
-    device = resolve_device(cfg.device)
-    dist.init_distributed(device)
     seed_everything(cfg.seed)
     encoder = (cfg.weights if cfg.weights is not None else IMAGENET) if cfg.pretrained else None
     model = create_segmenter(cfg.arch, len(class_names), encoder_weights=encoder)
