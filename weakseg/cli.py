@@ -23,6 +23,7 @@ from weakseg.errors import WeaksegError
 from weakseg.pipeline import RunConfig, load_run_config, run
 from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
 from weakseg.stages.eval_seg import EvalSegConfig, eval_seg
+from weakseg.stages.eval_volumes import EvalVolumesConfig, eval_volumes
 from weakseg.stages.evaluate import EvalConfig, evaluate_folders
 from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 from weakseg.stages.predict import PredictConfig, predict_images
@@ -30,6 +31,7 @@ from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, train_cls
 from weakseg.stages.train_seg import TrainSegConfig, train_seg
+from weakseg.stages.train_semi import TrainSemiConfig, train_semi
 from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
 
 log = logging.getLogger("weakseg")
@@ -100,6 +102,8 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "train-seg": (TrainSegConfig, train_seg),
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
         "predict": (PredictConfig, predict_images),
+        "train-semi": (TrainSemiConfig, train_semi),
+        "eval-volumes": (EvalVolumesConfig, _print_result(eval_volumes)),
         "eval": (EvalConfig, _eval),
         "run": (RunConfig, _run),
         "demo": (DemoConfig, _demo),
@@ -179,7 +183,11 @@ def _summary_text(out: Path, summary: dict) -> str:
     pseudo = summary.get("pseudo") or {}
     if pseudo.get("bg_threshold_source"):
         lines.append(f"  background threshold {pseudo['bg_threshold']}: {pseudo['bg_threshold_source']}")
-    lines.append(f"  report: {Path(out) / 'report.html'}")
+    if summary.get("volumes"):
+        v = summary["volumes"]
+        lines.append(f"  volumes ({v['split']}) Dice {100 * v['dice']:.2f} %, HD95 {v['hd95']:.2f} {v['unit']}")
+    if (Path(out) / "report.html").is_file():
+        lines.append(f"  report: {Path(out) / 'report.html'}")
     return "\n".join(lines)
 
 

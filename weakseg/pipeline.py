@@ -120,6 +120,7 @@ def run(cfg: RunConfig) -> dict:
             timed(stage.name, out / stage.folder, stage.skippable, stage.run, ctx)
     summary = {**ctx.summary, "timings_s": timings}
     save_json(out / "summary.json", summary)
-    write_report(out, data=Path(data), fmt=cfg.fmt, train_split=cfg.train_split, val_split=cfg.val_split,
-                 n_images=cfg.report_images)  # fmt: skip
+    if task.report:
+        write_report(out, data=Path(data), fmt=cfg.fmt, train_split=cfg.train_split, val_split=cfg.val_split,
+                     n_images=cfg.report_images)  # fmt: skip
     return summary

@@ -24,11 +24,13 @@ from weakseg.methods import METHODS
 from weakseg.refine.pseudo import PseudoOptions
 from weakseg.stages.eval_cams import EvalCamsConfig, EvalCamsOptions, eval_cams, mask_source
 from weakseg.stages.eval_seg import EvalSegConfig, EvalSegOptions, eval_seg
+from weakseg.stages.eval_volumes import EvalVolumesConfig, EvalVolumesOptions, eval_volumes
 from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.train_aff import TrainAffinityConfig, TrainAffinityOptions, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, TrainClsOptions, train_cls
 from weakseg.stages.train_seg import TrainSegConfig, TrainSegOptions, train_seg
+from weakseg.stages.train_semi import TrainSemiConfig, TrainSemiOptions, train_semi
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class RunOptions:
     pseudo: PseudoOptions = field(default_factory=PseudoOptions)
     seg: TrainSegOptions = field(default_factory=TrainSegOptions)
     eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
+    semi: TrainSemiOptions = field(default_factory=TrainSemiOptions)
+    eval_volumes: EvalVolumesOptions = field(default_factory=EvalVolumesOptions)
 
 
 @dataclass
@@ -92,6 +96,8 @@ class Task:
     description: str
     stages: tuple[Stage, ...]
     needs_method: bool = True
+    report: bool = True
+    """write report.html (it reads the image-dataset stages' outputs; tasks without them set False)"""
 
 
 # ---------------------------------------------------------------------------- stage runners
@@ -265,6 +271,39 @@ def _eval_seg(ctx: RunContext) -> dict:
     return result
 
 
+def _semi(ctx: RunContext) -> Path:
+    cfg = with_io(
+        ctx.opts.semi,
+        TrainSemiConfig,
+        data=ctx.data,
+        out=ctx.out / "semi",
+        method=ctx.method,
+        fmt=ctx.fmt,
+        split=ctx.train_split,
+        seed=ctx.seed,
+        device=ctx.device,
+        overwrite=ctx.overwrite,
+    )
+    return train_semi(cfg)
+
+
+def _eval_volumes(ctx: RunContext) -> dict:
+    cfg = with_io(
+        ctx.opts.eval_volumes,
+        EvalVolumesConfig,
+        model_dir=ctx.out / "semi",
+        data=ctx.data,
+        out=ctx.out / "eval" / "volumes",
+        fmt=ctx.fmt,
+        split=ctx.val_split,
+        device=ctx.device,
+    )
+    result = eval_volumes(cfg)
+    ctx.summary["volumes"] = {"split": ctx.val_split, "unit": result["unit"], **result["mean"],
+                              "per_class": result["per_class"]}  # fmt: skip
+    return result
+
+
 # ---------------------------------------------------------------------------- the registry
 
 _EVAL_SEG = Stage("eval-seg", "eval/seg", _eval_seg, reads=("seg",), skippable=False)
@@ -291,6 +330,17 @@ TASKS: dict[str, Task] = {
         stages=(Stage("seg", "seg", _seg("full"), reads=("data",)), _EVAL_SEG),
         needs_method=False,
     ),
+    "semi-supervised": Task(
+        "semi-supervised",
+        supervision="a few labelled + many unlabelled volumes (2D slices)",
+        description="two-stream training on slices -> 3D evaluation of the volumes (ABD, cross-teaching, "
+        "supervised-only; --data: a weakseg.data.acdc layout)",
+        stages=(
+            Stage("semi", "semi", _semi, reads=("data",)),
+            Stage("eval-volumes", "eval/volumes", _eval_volumes, reads=("semi", "data"), skippable=False),
+        ),
+        report=False,
+    ),
 }
 
 PLANNED: dict[str, str] = {
@@ -298,7 +348,6 @@ PLANNED: dict[str, str] = {
     "scribble": "scribbles -> segmenter (DFR)",
     "saliency": "scribble salient-object detection (SCWSSOD)",
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
-    "semi-supervised": "a few labelled + many unlabelled volumes (ABD)",
     "co-saliency": "groups sharing a salient object (DCFM)",
     "video": "first-frame box -> object masks (FTMU)",
 }
