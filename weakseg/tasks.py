@@ -67,6 +67,19 @@ class RunContext:
     summary: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 
+    def config(self, options: Any, config_cls: type, folder: str, *, split: str = "train", **io: Any) -> Any:
+        """The stage config ``config_cls``: ``options`` + this run's shared inputs/outputs + ``io``.
+
+        The run-wide fields (data, fmt, seed, device, overwrite, method) are passed where the config has them;
+        ``out`` is ``OUT/folder``; ``split`` picks the run's train or val split.
+        """
+        shared = {"data": self.data, "fmt": self.fmt, "seed": self.seed, "device": self.device,
+                  "overwrite": self.overwrite, "method": self.method,
+                  "split": self.train_split if split == "train" else self.val_split}  # fmt: skip
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        io = {"out": self.out / folder, **io}
+        return with_io(options, config_cls, **{k: v for k, v in shared.items() if k in names and k not in io}, **io)
+
 
 def with_io(options: Any, config_cls: type, **io: Any) -> Any:
     """The stage config ``config_cls`` with every option of ``options`` and the run's inputs/outputs ``io``."""
@@ -104,47 +117,19 @@ class Task:
 
 
 def _cls(ctx: RunContext) -> Path:
-    cfg = with_io(
-        ctx.opts.cls,
-        TrainClsConfig,
-        data=ctx.data,
-        out=ctx.out / "cls",
-        method=ctx.method,
-        fmt=ctx.fmt,
-        split=ctx.train_split,
-        seed=ctx.seed,
-        device=ctx.device,
-        overwrite=ctx.overwrite,
-    )
+    cfg = ctx.config(ctx.opts.cls, TrainClsConfig, "cls")
     return train_cls(cfg)
 
 
 def _cams(ctx: RunContext) -> Path:
-    cfg = with_io(
-        ctx.opts.cams,
-        MakeCamsConfig,
-        cls_dir=ctx.out / "cls",
-        data=ctx.data,
-        out=ctx.out / "cams",
-        fmt=ctx.fmt,
-        split=ctx.train_split,
-        seed=ctx.seed,
-        device=ctx.device,
-        overwrite=ctx.overwrite,
-    )
+    cfg = ctx.config(ctx.opts.cams, MakeCamsConfig, "cams", cls_dir=ctx.out / "cls")
     return make_cams(cfg)
 
 
 def _eval_cams(ctx: RunContext) -> dict:
     """The seed sweep, on the train masks or the calibration masks; skipped (with a note) when there are none."""
-    cfg = with_io(
-        ctx.opts.eval_cams,
-        EvalCamsConfig,
-        cams=ctx.out / "cams",
-        data=ctx.data,
-        fmt=ctx.fmt,
-        split=ctx.train_split,
-        out=ctx.out / "eval" / "cams.json",
+    cfg = ctx.config(
+        ctx.opts.eval_cams, EvalCamsConfig, "eval", cams=ctx.out / "cams", out=ctx.out / "eval" / "cams.json"
     )
     if mask_source(cfg, open_dataset(ctx.data, ctx.train_split, ctx.fmt)) is None:
         note = (
@@ -187,18 +172,7 @@ def _aff(ctx: RunContext) -> Path:
     opts = ctx.opts.aff
     if opts.fg_threshold is None and opts.bg_threshold is None:
         opts = dataclasses.replace(opts, **aff_thresholds(ctx.results.get("seeds", {})))
-    cfg = with_io(
-        opts,
-        TrainAffinityConfig,
-        cams=ctx.out / "cams",
-        data=ctx.data,
-        out=ctx.out / "aff",
-        fmt=ctx.fmt,
-        split=ctx.train_split,
-        seed=ctx.seed,
-        device=ctx.device,
-        overwrite=ctx.overwrite,
-    )
+    cfg = ctx.config(opts, TrainAffinityConfig, "aff", cams=ctx.out / "cams")
     ctx.summary["aff"] = {"fg_threshold": cfg.thresholds[0], "bg_threshold": cfg.thresholds[1]}
     return train_affinity(cfg)
 
@@ -208,17 +182,13 @@ def _uses_rw(ctx: RunContext) -> bool:
 
 
 def _pseudo(ctx: RunContext) -> dict:
-    cfg = with_io(
+    cfg = ctx.config(
         ctx.opts.pseudo,
         PseudoConfig,
+        "pseudo",
         cams=ctx.out / "cams",
-        data=ctx.data,
-        out=ctx.out / "pseudo",
-        fmt=ctx.fmt,
-        split=ctx.train_split,
         seeds=ctx.out / "eval" / "cams.json" if ctx.results.get("seeds") else None,  # none: the mask-free default
         affinity=ctx.out / "aff" if _uses_rw(ctx) else None,
-        overwrite=ctx.overwrite,
     )
     pseudo = make_pseudo(cfg)
     ctx.summary["pseudo"] = {
@@ -235,35 +205,14 @@ def _pseudo(ctx: RunContext) -> dict:
 def _seg(supervision: str) -> Callable[[RunContext], Path]:
     def run(ctx: RunContext) -> Path:
         labels = ctx.out / "pseudo" if supervision == "pseudo" else None
-        cfg = with_io(
-            ctx.opts.seg,
-            TrainSegConfig,
-            data=ctx.data,
-            out=ctx.out / "seg",
-            labels=labels,
-            supervision=supervision,
-            fmt=ctx.fmt,
-            split=ctx.train_split,
-            seed=ctx.seed,
-            device=ctx.device,
-            overwrite=ctx.overwrite,
-        )
+        cfg = ctx.config(ctx.opts.seg, TrainSegConfig, "seg", labels=labels, supervision=supervision)
         return train_seg(cfg)
 
     return run
 
 
 def _eval_seg(ctx: RunContext) -> dict:
-    cfg = with_io(
-        ctx.opts.eval_seg,
-        EvalSegConfig,
-        seg_dir=ctx.out / "seg",
-        data=ctx.data,
-        out=ctx.out / "eval" / "seg",
-        fmt=ctx.fmt,
-        split=ctx.val_split,
-        device=ctx.device,
-    )
+    cfg = ctx.config(ctx.opts.eval_seg, EvalSegConfig, "eval/seg", split="val", seg_dir=ctx.out / "seg")
     result = eval_seg(cfg)
     ctx.summary["segmenter"] = {"miou": result["miou"], "split": ctx.val_split, "masks_read": result.get("masks_read")}
     if result.get("note"):
@@ -272,32 +221,12 @@ def _eval_seg(ctx: RunContext) -> dict:
 
 
 def _semi(ctx: RunContext) -> Path:
-    cfg = with_io(
-        ctx.opts.semi,
-        TrainSemiConfig,
-        data=ctx.data,
-        out=ctx.out / "semi",
-        method=ctx.method,
-        fmt=ctx.fmt,
-        split=ctx.train_split,
-        seed=ctx.seed,
-        device=ctx.device,
-        overwrite=ctx.overwrite,
-    )
+    cfg = ctx.config(ctx.opts.semi, TrainSemiConfig, "semi")
     return train_semi(cfg)
 
 
 def _eval_volumes(ctx: RunContext) -> dict:
-    cfg = with_io(
-        ctx.opts.eval_volumes,
-        EvalVolumesConfig,
-        model_dir=ctx.out / "semi",
-        data=ctx.data,
-        out=ctx.out / "eval" / "volumes",
-        fmt=ctx.fmt,
-        split=ctx.val_split,
-        device=ctx.device,
-    )
+    cfg = ctx.config(ctx.opts.eval_volumes, EvalVolumesConfig, "eval/volumes", split="val", model_dir=ctx.out / "semi")
     result = eval_volumes(cfg)
     ctx.summary["volumes"] = {"split": ctx.val_split, "unit": result["unit"], **result["mean"],
                               "per_class": result["per_class"]}  # fmt: skip
