@@ -93,7 +93,7 @@ def test_plots_bars_and_masks_read(report):
     assert bars.count("class='bar' style='width:75px") == 3  # background 0.5 x 150 px, in the three stages
     table = html.unescape(text[text.index("<h2>mIoU per stage") : text.index("<h2>Plots")])
     assert "8 calibration masks of /somewhere/calib" in table and "ground-truth masks of split 'val'" in table
-    assert "<td class='l'>none</td>" in table  # the pseudo labels read no masks
+    assert "<td class='l w'>none</td>" in table  # the pseudo labels read no masks
     assert "tuned on 8 calibration masks" in text
 
 

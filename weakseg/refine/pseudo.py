@@ -124,8 +124,9 @@ def choose_bg_threshold(given: float | None, seeds: dict | None) -> tuple[float,
     if seeds and seeds.get("best_threshold") is not None and seeds.get("best_miou") is not None:
         calib = seeds.get("mask_source") == "calib"
         where = seeds.get("masks_read", "calibration masks") if calib else f"the {seeds.get('split', 'train')} masks"
-        best = float(seeds["best_threshold"])
-        return background_threshold(seeds), f"tuned on {where}: the seed sweep's best {best:g} - {BG_OFFSET}"
+        best, value = float(seeds["best_threshold"]), background_threshold(seeds)
+        clipped = " (at least 0.05)" if value > best - BG_OFFSET + 1e-9 else ""
+        return value, f"tuned on {where}: the seed sweep's best {best:g} - {BG_OFFSET}{clipped}"
     return MASK_FREE_BG_THRESHOLD, f"mask-free default {MASK_FREE_BG_THRESHOLD} (no masks to tune it on)"
 
 

@@ -34,7 +34,7 @@ body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:2px}
 table{border-collapse:collapse;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:middle}
-th{background:#f4f4f4}td.l,th.l{text-align:left}
+th{background:#f4f4f4}td.l,th.l{text-align:left}td.w{max-width:330px;overflow-wrap:anywhere}
 .sw{display:inline-block;width:14px;height:14px;border:1px solid #888;vertical-align:middle;margin-right:5px}
 .legend span.item{display:inline-block;margin:2px 14px 2px 0;white-space:nowrap}
 .bar{display:inline-block;height:10px;vertical-align:middle;margin-right:4px}
@@ -47,9 +47,13 @@ figcaption{font-size:12px;max-width:150px;overflow:hidden;text-overflow:ellipsis
 """
 
 
-def _png_b64(arr: np.ndarray, size: int = THUMB) -> str:
+def _png_b64(arr: np.ndarray, size: int = THUMB, nearest: bool = False) -> str:
+    """PNG (base64) of an image scaled to fit ``size`` px (small images are enlarged; masks with ``nearest``)."""
     im = Image.fromarray(arr)
-    im.thumbnail((size, size))
+    scale = size / max(im.size)
+    if scale != 1:
+        resample = Image.NEAREST if nearest else Image.BILINEAR if scale > 1 else Image.LANCZOS
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
@@ -99,6 +103,9 @@ def read_scalars(tb_dir: Path, skip: Sequence[str] = ("lr", "grad_norm")) -> dic
     # tensorboard is a dependency, but its event reader takes half a second to import: only reports need it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    quiet = logging.getLogger("tensorboard")  # its directory watcher logs "No path found after ..." at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
         acc.Reload()
@@ -107,6 +114,8 @@ def read_scalars(tb_dir: Path, skip: Sequence[str] = ("lr", "grad_norm")) -> dic
     except Exception as e:  # a damaged log must not cost the whole report
         log.warning("report: cannot read the tensorboard logs in %s (%s)", tb_dir, e)
         return {}
+    finally:
+        quiet.setLevel(level)
 
 
 # ---------------------------------------------------------------------------- inline SVG plots
@@ -177,7 +186,8 @@ def svg_plot(
     for k, (x, label, colour) in enumerate(marks):
         out.append(
             f"<line x1='{sx(x):.1f}' x2='{sx(x):.1f}' y1='{top}' y2='{top + ph}' stroke='{colour}' "
-            f"stroke-dasharray='4 3'/><text x='{sx(x) + 3:.1f}' y='{top + 11 + 11 * k}' fill='{colour}'>"
+            f"stroke-dasharray='4 3'/><text x='{sx(x) + (-3 if sx(x) > left + pw / 2 else 3):.1f}' "
+            f"y='{top + 11 + 11 * k}' fill='{colour}' text-anchor='{'end' if sx(x) > left + pw / 2 else 'start'}'>"
             f"{html.escape(label)}</text>"
         )
     for k, (name, s) in enumerate(series.items()):
@@ -218,7 +228,7 @@ def _stage_rows(
         rows.append(
             f"<tr><td class='l'>{html.escape(stage)}</td><td>{_pct(m.get('miou'))}</td>"
             f"<td>{_pct(m.get('mean_precision'))}</td><td>{_pct(m.get('mean_recall'))}</td>"
-            f"<td class='l'>{html.escape(masks)}</td><td class='l'>{html.escape(note)}</td></tr>"
+            f"<td class='l w'>{html.escape(masks)}</td><td class='l w'>{html.escape(note)}</td></tr>"
         )
 
     seeds = summary.get("seeds") or {}
@@ -315,10 +325,11 @@ def _per_class_bars(stages: dict[str, dict | None]) -> str:
     )
 
 
-def _figure(arr: np.ndarray, caption: str, swatch: int | None = None) -> str:
+def _figure(arr: np.ndarray, caption: str, swatch: int | None = None, mask: bool = False) -> str:
     sw = _swatch(swatch) if swatch is not None else ""
     return (
-        f"<figure><img src='data:image/png;base64,{_png_b64(arr)}'><figcaption>{sw}{html.escape(caption)}"
+        f"<figure><img src='data:image/png;base64,{_png_b64(arr, nearest=mask)}'><figcaption>{sw}"
+        f"{html.escape(caption)}"
         "</figcaption></figure>"
     )
 
@@ -344,10 +355,10 @@ def _train_gallery(run_dir: Path, train, n_images: int) -> str:
             figs.append(_figure(_heat(cam, image), f"CAM {train.class_names[c]}", c + 1))
         pl = pseudo_dir / f"{rec.image_id}.png"
         if pl.is_file():
-            figs.append(_figure(_colour_mask(np.asarray(Image.open(pl))), "pseudo label"))
+            figs.append(_figure(_colour_mask(np.asarray(Image.open(pl))), "pseudo label", mask=True))
         gt = train.load_mask(i)
         if gt is not None:
-            figs.append(_figure(_colour_mask(gt), "ground truth"))
+            figs.append(_figure(_colour_mask(gt), "ground truth", mask=True))
         names = ", ".join(train.class_names[c] for c in rec.labels) or "no object"
         rows.append(
             f"<div class='row'><div class='title'>{html.escape(rec.image_id)} ({html.escape(names)})</div>"
@@ -376,10 +387,13 @@ def _val_gallery(run_dir: Path, data: Path, fmt: str, val_split: str, n_images: 
         pf = pred_dir / f"{rec.image_id}.png"
         if not pf.is_file():
             continue
-        figs = [_figure(val.load_image(i), "image"), _figure(_colour_mask(np.asarray(Image.open(pf))), "prediction")]
+        figs = [
+            _figure(val.load_image(i), "image"),
+            _figure(_colour_mask(np.asarray(Image.open(pf))), "prediction", mask=True),
+        ]
         gt = val.load_mask(i)
         if gt is not None:
-            figs.append(_figure(_colour_mask(gt), "ground truth"))
+            figs.append(_figure(_colour_mask(gt), "ground truth", mask=True))
         rows.append(f"<div class='row'><div class='title'>{html.escape(rec.image_id)}</div>{''.join(figs)}</div>")
     title = f"Gallery: {html.escape(val_split)} — image, segmenter prediction, ground truth"
     return f"<h2>{title}</h2><div class='g'>{''.join(rows)}</div>" if rows else ""
