@@ -91,6 +91,7 @@ def test_run_on_image_level_labels_alone_writes_a_segmenter(maskless_run, folder
     assert len(list((out / "pseudo").glob("*.png"))) == 24
     report = (out / "report.html").read_text()
     assert "mask-free default" in report and "<img" in report
+    assert "Per-class IoU" not in report  # nothing was scored
 
 
 def _calib_folder(voc: Path, dest: Path, n: int = 8) -> list[str]:

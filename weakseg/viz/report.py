@@ -297,7 +297,10 @@ def _plots(run_dir: Path, cams_eval: dict | None, pseudo_m: dict | None) -> str:
 
 
 def _per_class_bars(stages: dict[str, dict | None]) -> str:
-    stages = {k: v for k, v in stages.items() if v and v.get("per_class")}
+    def scored(m: dict | None) -> bool:  # a stage without masks has per_class entries with no IoU
+        return bool(m and m.get("per_class") and any(c.get("iou") is not None for c in m["per_class"].values()))
+
+    stages = {k: v for k, v in stages.items() if scored(v)}
     if not stages:
         return ""
     names = list(next(iter(stages.values()))["per_class"])
