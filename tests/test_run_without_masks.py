@@ -18,7 +18,7 @@ from weakseg.engine.dense import DenseTrainConfig
 from weakseg.errors import DataError
 from weakseg.eval.metrics import segmentation_class_names
 from weakseg.pipeline import RunConfig, run
-from weakseg.refine.pseudo import BG_OFFSET, MASK_FREE_BG_THRESHOLD
+from weakseg.refine.pseudo import BG_OFFSET, MASK_FREE_BG_THRESHOLD, choose_bg_threshold
 from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
 from weakseg.stages.eval_seg import EvalSegOptions
 from weakseg.stages.make_cams import MakeCamsOptions
@@ -143,3 +143,16 @@ def test_labels_csv_is_the_only_label_source(folder):
     ds = open_dataset(folder, "train")
     assert len(rows) == 32 and len(ds) == 24 and all(ds.load_mask(i) is None for i in range(len(ds)))
     assert len(segmentation_class_names(ds.class_names)) == 11
+
+
+def test_choose_bg_threshold_says_where_it_came_from():
+    sweep = {"best_threshold": 0.6, "best_miou": 0.5, "split": "train", "mask_source": "split"}
+    assert choose_bg_threshold(None, sweep) == (0.45, "tuned on the train masks: the seed sweep's best 0.6 - 0.15")
+    calib = {**sweep, "mask_source": "calib", "masks_read": "8 calibration masks of c/"}
+    assert choose_bg_threshold(None, calib)[1].startswith("tuned on 8 calibration masks of c/")
+    low = choose_bg_threshold(None, {**sweep, "best_threshold": 0.1})
+    assert low[0] == 0.05 and low[1].endswith("(at least 0.05)")
+    free = (MASK_FREE_BG_THRESHOLD, "mask-free default 0.45 (no masks to tune it on)")
+    assert choose_bg_threshold(None, None) == free
+    assert choose_bg_threshold(None, {"best_threshold": 0.6, "best_miou": None})[0] == MASK_FREE_BG_THRESHOLD
+    assert choose_bg_threshold(0.3, sweep) == (0.3, "given (bg_threshold)")
