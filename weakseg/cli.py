@@ -21,6 +21,7 @@ from weakseg.data.voc import build_labels
 from weakseg.engine.logging import setup_logging
 from weakseg.errors import WeaksegError
 from weakseg.pipeline import RunConfig, load_run_config, run
+from weakseg.stages.clip_pretrain import ClipPretrainConfig, clip_pretrain
 from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
 from weakseg.stages.eval_seg import EvalSegConfig, eval_seg
 from weakseg.stages.eval_volumes import EvalVolumesConfig, eval_volumes
@@ -89,6 +90,10 @@ def _data_commands() -> dict[str, tuple[type, Callable]]:
         "check": (CheckConfig, _check),
         "download": (DownloadConfig, _download),
     }
+
+
+def _clip_commands() -> dict[str, tuple[type, Callable]]:
+    return {"pretrain": (ClipPretrainConfig, clip_pretrain)}
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv and argv[0] == "data":
             fn, cfg = _parse(_data_commands(), argv[1:], "weakseg data")
+        elif argv and argv[0] == "clip":
+            fn, cfg = _parse(_clip_commands(), argv[1:], "weakseg clip")
         else:
             commands = _commands()
             # `weakseg --help` lists `data` too (its sub-commands: synth, build-labels, check, download)
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
 def _print_help(commands: dict[str, tuple[type, Callable]]) -> None:
     print("usage: weakseg <command> [options]   (weakseg <command> --help for its options)\n\ncommands:")
     rows = [("data", "Datasets: synth | build-labels | check | download (weakseg data --help).")]
+    rows.append(("clip", "CLIP models: pretrain (the embedded toy CLIP; weakseg clip --help)."))
     for name, (typ, _) in commands.items():
         rows.append((name, (typ.__doc__ or "").strip().splitlines()[0]))
     for name, doc in rows:
