@@ -1,6 +1,6 @@
 """CLIP-ES CAM math as pure tensor functions: GradCAM on ViT tokens and attention-affinity refinement.
 
-Paper: Lin, Chen, Ma, Wu, Zhang, Yuan, Lu, "CLIP is Also an Efficient Segmenter: A Text-Driven Approach for
+Paper: Lin, Chen, Wang, Wu, Li, Lin, Liu, He, "CLIP is Also an Efficient Segmenter: A Text-Driven Approach for
 Weakly Supervised Semantic Segmentation", CVPR 2023 (CLIP-ES). The network side (running CLIP's last block with
 gradients) is in :mod:`weakseg.methods.clip_es`; here only the maths, on tensors of known shapes:
 

@@ -62,8 +62,8 @@ def make_captions(
 
     ``named[b]`` marks the classes caption ``b`` names (a non-empty subset of the image's labels; all of them
     with probability ``p_all``). ``synonyms``: class name → phrases to draw from (default: the name itself).
-    An image without labels gets ``"a photo of nothing."``-style caption ``"{template} of nothing"`` and names
-    no class.
+    An image without labels gets its template filled with ``"nothing"`` (``"a photo of nothing."``) and names no
+    class.
     """
     labels = np.asarray(labels).astype(bool)
     syn = synonyms or {}

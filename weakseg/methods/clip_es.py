@@ -1,6 +1,6 @@
 """CLIP-ES: CAMs of a frozen CLIP and a text classifier, refined by CLIP's own attention (the ``clip-es`` method).
 
-Paper: Lin, Chen, Ma, Wu, Zhang, Yuan, Lu, "CLIP is Also an Efficient Segmenter: A Text-Driven Approach for
+Paper: Lin, Chen, Wang, Wu, Li, Lin, Liu, He, "CLIP is Also an Efficient Segmenter: A Text-Driven Approach for
 Weakly Supervised Semantic Segmentation", CVPR 2023.
 
 For image ``i`` with labels ``C``: CLIP's ViT runs blocks ``0 .. L-2`` without gradients; the last block runs on
@@ -76,6 +76,9 @@ class ToyClipConfig:
     """text transformer blocks"""
     context_length: int = 32
     """text tokens per caption (captions here are short; CLIP's is 77)"""
+    pool: str = "avg"
+    """image embedding in training: avg (ln_post of the patch mean, CLIP-ES's score) or tok (the class token, as
+    OpenAI trained CLIP)"""
 
     def model_cfg(self, image_size: int) -> dict[str, Any]:
         """The open_clip model config (``clip_config.json``; ``load_clip(path, model_cfg=...)``)."""
@@ -88,8 +91,8 @@ class ToyClipConfig:
                 "width": self.width,
                 "layers": self.layers,
                 "head_width": 64,
-                "pool_type": "avg",
-                "final_ln_after_pool": True,
+                "pool_type": self.pool,
+                "final_ln_after_pool": self.pool == "avg",
             },
             "text_cfg": {
                 "context_length": self.context_length,
