@@ -48,7 +48,7 @@ class EvalVolumesOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalVolumesConfig(EvalVolumesOptions, DataInput):
-    """Evaluate a semi-supervised model (train-semi folder) on the volumes of a split (``--fmt``: auto, h5, png)."""
+    """Evaluate a semi-supervised model (train-semi folder) on the 3D volumes of a split."""
 
     model_dir: Path
     """folder written by train-semi (config.json, model.safetensors, best.safetensors)"""
@@ -56,6 +56,8 @@ class EvalVolumesConfig(EvalVolumesOptions, DataInput):
     """output folder: metrics.json, DONE"""
     split: str = "test"
     device: str = "auto"
+    fmt: str = "auto"
+    """medical data layout: auto, h5 (data/*.h5 + lists) or png (slices/ + labels/ + lists); weakseg.data.acdc"""
 
 
 def _as_dict(s: MedicalScores) -> dict:

@@ -62,13 +62,14 @@ class TrainSemiOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSemiConfig(TrainSemiOptions, DataInput, StageOutput):
-    """Train ABD (or a baseline) on a few labelled and many unlabelled slices (``--fmt``: the medical layout,
-    auto, h5 or png; see weakseg.data.acdc).
+    """Train ABD (or a baseline) on a few labelled and many unlabelled slices.
 
     Writes OUT/config.json, model.safetensors, best.safetensors, curve.json, tb/, state/, DONE."""
 
     method: str = "abd"
     """abd, cross-teaching or supervised-only (the methods of task semi-supervised)"""
+    fmt: str = "auto"
+    """medical data layout: auto, h5 (data/*.h5 + lists) or png (slices/ + labels/ + lists); weakseg.data.acdc"""
     seed: int = 0
 
 
