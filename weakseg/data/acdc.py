@@ -1,6 +1,6 @@
-"""Medical 2D slices and 3D volumes: the ACDC semi-supervised layout (h5) and plain PNG slices.
+"""Medical 2D slices and 3D volumes: the ACDC semi-supervised layout (h5), plain PNG slices and NIfTI volumes.
 
-Two layouts, both with split lists at the root (one id per line):
+Three layouts, all with split lists at the root (one id per line):
 
 - **h5** (the SSL4MIS / ABD layout of ACDC; ``/work/shared/data/acdc`` follows it)::
 
@@ -16,8 +16,27 @@ Two layouts, both with split lists at the root (one id per line):
       <split>_slices.list or <split>.list   as above (a volume is the sorted stack of its slices)
       classes.txt                    optional foreground class names (default: the ACDC ones)
 
-NIfTI volumes are not read: ``nibabel`` is not a dependency of weakseg (convert them to one of these layouts).
-Neither layout carries a voxel spacing: distance metrics are in voxels unless a spacing is given
+- **nifti** (3D NIfTI volumes, e.g. the ACDC challenge download; needs ``nibabel``: ``pip install
+  'weakseg[medical]'``)::
+
+      <volume>.nii.gz                        image volume (``.nii`` too); or, as ACDC distributes it,
+      <patient>/<volume>.nii.gz              ``patient001/patient001_frame01.nii.gz`` (ED / ES frames), or
+      <folder>/<patient>/<volume>.nii.gz     ``training/patient001/...`` with the lists in ACDC's ``database/``
+      <volume>_gt.nii.gz                     its label volume, next to the image (required; same shape)
+      <split>.list                           volume ids: the file names (``patient001_frame12``)
+      <split>_slices.list                    or slice ids ``<volume>_slice_<k>`` (k: 0-based index in the volume)
+      classes.txt                            optional, as above
+
+  SSL4MIS's lists (the h5 layout's) do not name ACDC's files: they renumber each patient's two frames
+  ``frame01`` / ``frame02``, where ACDC names them by cine frame (``patient001_frame12``).
+
+  Each volume is read whole (a 3D file; a 4D one such as ACDC's ``patientNNN_4d.nii.gz`` cine is refused),
+  transposed from NIfTI's (x, y, z) to ``[D, H, W]`` = (z, y, x) — the array order of SimpleITK, which
+  SSL4MIS used to write the h5 layout — and its intensities min-max scaled to [0, 1] per volume (as
+  SSL4MIS's ``acdc_data_processing.py``). Labels are the integer values of the ``_gt`` file.
+
+Only the nifti layout carries a voxel spacing (the image header's ``pixdim``, in mm; :meth:`MedicalSlices.spacing`),
+so eval-volumes reports distances in mm there; h5 and png distances are in voxels unless a spacing is given
 (:mod:`weakseg.eval.medical`).
 
 Every split is a :class:`MedicalSlices` (a :class:`~weakseg.data.dataset.SegDataset`): one
@@ -33,6 +52,7 @@ weak and a strong view of each slice.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -50,13 +70,15 @@ from weakseg.errors import ConfigError, DataError, missing_extra
 
 ACDC_CLASSES = ("RV", "Myo", "LV")
 """ACDC foreground classes: label 1 right ventricle, 2 myocardium, 3 left ventricle"""
-LAYOUTS = ("h5", "png")
+LAYOUTS = ("h5", "png", "nifti")
+_NII = (".nii.gz", ".nii")
 _SLICE = re.compile(r"^(?P<volume>.+)_slice_(?P<k>\d+)$")
 _FRAME = re.compile(r"^(?P<patient>.+?)_frame\d+$")
 
 
 def detect_layout(root: str | Path) -> str:
-    """``"h5"`` (a ``data/`` folder of .h5 files) or ``"png"`` (``slices/`` + ``labels/``); DataError otherwise."""
+    """``"h5"`` (a ``data/`` folder of .h5 files), ``"png"`` (``slices/`` + ``labels/``) or ``"nifti"`` (.nii /
+    .nii.gz files at the root or up to two folders down); DataError otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {display_path(root)}; check the path")
@@ -64,9 +86,12 @@ def detect_layout(root: str | Path) -> str:
         return "h5"
     if (root / "slices").is_dir():
         return "png"
+    if any(any(root.glob(pattern)) for pattern in ("*.nii*", "*/*.nii*", "*/*/*.nii*")):
+        return "nifti"
     raise DataError(
-        f"cannot tell the layout of {display_path(root)}; expected data/*.h5 + <split>.list (h5) "
-        "or slices/*.png + labels/*.png + <split>.list (png)"
+        f"cannot tell the layout of {display_path(root)}; expected data/*.h5 + <split>.list (h5), "
+        "slices/*.png + labels/*.png + <split>.list (png) "
+        "or [<patient>/]<volume>.nii.gz + <volume>_gt.nii.gz + <split>.list (nifti)"
     )
 
 
@@ -78,7 +103,7 @@ def read_list(path: Path) -> list[str]:
     for line in path.read_text(encoding="utf-8-sig").splitlines():
         tok = line.strip()
         if tok:
-            ids.append(tok.removesuffix(".h5").removesuffix(".png"))
+            ids.append(tok.removesuffix(".h5").removesuffix(".png").removesuffix(".gz").removesuffix(".nii"))
     return ids
 
 
@@ -98,7 +123,8 @@ def available_splits(root: str | Path) -> list[str]:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where a record's pixels are: an h5 file (slice ``index`` of a volume file, or None) or two PNGs."""
+    """Where a record's pixels are: an h5 file (slice ``index`` of a volume file, or None), two PNGs, or slice
+    ``index`` of a NIfTI image volume and its label volume."""
 
     image: Path
     label: Path | None
@@ -132,6 +158,9 @@ class MedicalSlices(SegDataset):
         s = self._sources[i]
         if self.layout == "h5":
             image, label = _read_h5(s.image, s.index)
+        elif self.layout == "nifti":
+            vol, lab = _nifti_pair(s.image, s.label)
+            image, label = vol[s.index].copy(), lab[s.index].copy()
         else:
             image = _read_gray_png(s.image)
             label = load_mask(s.label) if s.label is not None and s.label.is_file() else None
@@ -167,6 +196,11 @@ class MedicalSlices(SegDataset):
         """``(image float32 [D, H, W], label uint8 [D, H, W] or None)``: a volume file, or its slices stacked."""
         idx = self.slices_of(volume)
         first = self._sources[idx[0]]
+        if self.layout == "nifti":  # one image file and one label file: read once (cached), slices in order
+            image, label = _nifti_pair(first.image, first.label)
+            self._check_label(label, first.label or first.image)
+            order = [self._sources[i].index for i in idx]
+            return image[order], label[order]
         if self.layout == "h5" and first.index is not None:  # one volume file: read it once
             image, label = _read_h5(first.image, None)
             if label is not None:
@@ -183,8 +217,11 @@ class MedicalSlices(SegDataset):
         return np.stack([p[0] for p in pairs]), label
 
     def spacing(self, volume: str) -> tuple[float, float, float] | None:
-        """Voxel size (mm) of ``volume``: unknown (None) in both layouts; distances are then in voxels."""
-        return None
+        """Voxel size in mm of ``volume`` along ``[D, H, W]`` (slice, row, column): the NIfTI image header's;
+        unknown (None) in the h5 and png layouts, whose distances are then in voxels."""
+        if self.layout != "nifti":
+            return None
+        return _nifti_spacing(self._sources[self.slices_of(volume)[0]].image)
 
     def _check_label(self, label: np.ndarray, path: Path) -> None:
         bad = bad_mask_values(label, self.num_classes)
@@ -211,6 +248,8 @@ def open_slices(root: str | Path, split: str = "train", layout: str = "auto") ->
                         f"(splits found: {found})")  # fmt: skip
     if layout == "h5":
         records, sources = _h5_records(root, slice_list, volume_list)
+    elif layout == "nifti":
+        records, sources = _nifti_records(root, slice_list, volume_list)
     else:
         records, sources = _png_records(root, slice_list, volume_list)
     if not records:
@@ -348,6 +387,166 @@ def _read_gray_png(path: Path) -> np.ndarray:
         raise DataError(f"{display_path(path)} is a {mode} image; slices must be single-channel grayscale PNGs")
     scale = 255.0 if a.dtype == np.uint8 or mode in ("L", "P", "1") else 65535.0
     return (a.astype(np.float32) / scale).clip(0, 1)
+
+
+# ---------------------------------------------------------------------------- NIfTI volumes
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as e:
+        raise missing_extra("nibabel", "medical", "NIfTI volumes") from e
+    return nibabel
+
+
+def _nifti_image_file(root: Path, volume: str) -> Path | None:
+    """``volume``'s image file (.nii.gz or .nii): ``<root>/<v>``, ``<root>/<patient>/<v>`` or
+    ``<root>/*/<patient>/<v>``, the patient being :func:`patient_of` or the id up to its first ``_`` (ACDC's
+    ``patient001_4d``); None when there is none."""
+    patients = list(dict.fromkeys((patient_of(volume), volume.split("_")[0])))
+
+    def folders():
+        yield root
+        yield from (root / p for p in patients)
+        yield from (d / p for d in sorted(root.iterdir()) for p in patients if (d / p).is_dir())
+
+    for folder in folders():
+        for ext in _NII:
+            if (folder / f"{volume}{ext}").is_file():
+                return folder / f"{volume}{ext}"
+    return None
+
+
+def _nifti_label_file(image: Path) -> Path:
+    """The ``_gt`` label volume next to ``image`` (either extension); DataError when there is none."""
+    stem = image.name.removesuffix(".gz").removesuffix(".nii")
+    for ext in _NII:
+        if (image.parent / f"{stem}_gt{ext}").is_file():
+            return image.parent / f"{stem}_gt{ext}"
+    expected = display_path(image.parent / f"{stem}_gt.nii.gz")
+    raise DataError(f"{display_path(image)} has no label volume {expected}; add it (every volume of the nifti "
+                    "layout needs its _gt file) or remove the volume from the list")  # fmt: skip
+
+
+def _nifti_load(path: Path):
+    """The nibabel image of ``path`` (header read, data not yet); DataError when it is not a readable NIfTI file."""
+    nib = _nibabel()
+    try:
+        return nib.load(path)
+    except FileNotFoundError:
+        raise DataError(f"NIfTI file not found: {display_path(path)}") from None
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as e:
+        raise DataError(f"cannot read {display_path(path)} as NIfTI ({e}); re-export the file") from None
+
+
+def _nifti_shape(path: Path, img) -> tuple[int, int, int]:
+    """``img``'s (x, y, z) shape (a trailing axis of length 1 dropped); DataError unless it is 3D."""
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        fix = ("list its 3D frames (ACDC: patientNNN_frameMM) instead of the 4D cine" if len(shape) == 4
+               else "export it as one 3D volume")  # fmt: skip
+        raise DataError(f"{display_path(path)} is {len(shape)}D (shape {shape}); the nifti layout reads 3D volumes: "
+                        f"{fix}")  # fmt: skip
+    return shape  # type: ignore[return-value]
+
+
+def _nifti_files(root: Path, volume: str, listed_in: Path) -> tuple[Path, Path, int]:
+    """``(image file, label file, depth)`` of ``volume``, its headers checked (3D, same shape)."""
+    image = _nifti_image_file(root, volume)
+    if image is None:
+        p = patient_of(volume)
+        raise DataError(f"volume {volume!r} listed in {display_path(listed_in)} not found: looked for "
+                        f"{display_path(root)}/{volume}.nii[.gz], .../{p}/{volume}.nii[.gz] and .../*/{p}/{volume}"
+                        ".nii[.gz]; restore it or remove it from the list")  # fmt: skip
+    shape = _nifti_shape(image, _nifti_load(image))
+    label = _nifti_label_file(image)
+    label_shape = _nifti_shape(label, _nifti_load(label))
+    if label_shape != shape:
+        raise DataError(f"{display_path(label)}: label shape {label_shape} differs from the image's {shape} "
+                        f"({display_path(image)}); re-export the pair on the image's grid")  # fmt: skip
+    return image, label, shape[2]
+
+
+def _nifti_records(root: Path, slice_list: Path, volume_list: Path) -> tuple[list[Record], list[_Source]]:
+    if slice_list.is_file():
+        ids = [(*_slice_key(s, slice_list), s) for s in read_list(slice_list)]
+        files: dict[str, tuple[Path, Path, int]] = {}
+        by_id = {}
+        for volume, k, sid in ids:
+            if volume not in files:
+                files[volume] = _nifti_files(root, volume, slice_list)
+            image, label, depth = files[volume]
+            if k >= depth:
+                raise DataError(f"slice {sid!r} listed in {display_path(slice_list)}: {display_path(image)} has "
+                                f"{depth} slices (0..{depth - 1}); fix the slice index")  # fmt: skip
+            by_id[sid] = _Source(image, label, k)
+        return _records_from_slices(ids, by_id.__getitem__)
+    records, sources = [], []
+    for v in read_list(volume_list):
+        image, label, depth = _nifti_files(root, v, volume_list)
+        for k in range(depth):
+            records.append(Record(f"{v}_slice_{k}", image, (), volume=v, slice_index=k))
+            sources.append(_Source(image, label, k))
+    return records, sources
+
+
+def _nifti_array(path: Path) -> np.ndarray:
+    """The voxels of a 3D NIfTI file as ``[D, H, W]`` = (z, y, x) (the scaling of the header applied)."""
+    img = _nifti_load(path)
+    shape = _nifti_shape(path, img)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"cannot read the voxels of {display_path(path)} ({e}); re-export the file") from None
+    return np.ascontiguousarray(data.reshape(shape).transpose(2, 1, 0))
+
+
+@functools.lru_cache(maxsize=16)
+def _nifti_cached(image: Path, label: Path, stamp: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    vol = _nifti_array(image).astype(np.float32)
+    lo, hi = float(vol.min()), float(vol.max())
+    vol = (vol - lo) / (hi - lo) if hi > lo else np.zeros_like(vol)
+    raw = _nifti_array(label)
+    lab = np.rint(raw) if raw.dtype.kind == "f" else raw
+    if lab.size and ((lab != raw).any() or lab.min() < 0 or lab.max() > 255):
+        raise DataError(f"{display_path(label)}: label values must be integers in 0..255 (found {raw.min()} .. "
+                        f"{raw.max()}, non-integers: {bool((lab != raw).any())}); is it an image rather than a "
+                        "label volume? Fix the _gt file")  # fmt: skip
+    if lab.shape != vol.shape:
+        raise DataError(f"{display_path(label)}: label shape {lab.shape} differs from the image's {vol.shape} "
+                        f"({display_path(image)}); re-export the pair on the image's grid")  # fmt: skip
+    vol, lab = vol.astype(np.float32), lab.astype(np.uint8)
+    vol.flags.writeable = lab.flags.writeable = False  # shared by every caller of the cache
+    return vol, lab
+
+
+def _nifti_pair(image: Path, label: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32 [D, H, W] in [0, 1], label uint8 [D, H, W])`` of a volume: min-max scaled per volume,
+    read once and kept for the next slices (a small LRU cache, renewed when either file changes). Read-only."""
+    if label is None:
+        raise DataError(f"{display_path(image)} has no label volume; add its _gt file")
+    try:
+        stamp = tuple(n for p in (image, label) for n in (p.stat().st_mtime_ns, p.stat().st_size))
+    except FileNotFoundError as e:
+        raise DataError(f"NIfTI file not found: {display_path(Path(e.filename))}; restore it") from None
+    return _nifti_cached(image, label, stamp)
+
+
+def _nifti_spacing(path: Path) -> tuple[float, float, float] | None:
+    """The voxel size in mm along ``[D, H, W]`` from the header's ``pixdim`` (z, y, x); None when not positive.
+
+    The header's spatial unit is honoured (metres and microns converted; unknown is taken as mm, the NIfTI habit).
+    """
+    header = _nifti_load(path).header
+    zooms = [float(z) for z in header.get_zooms()[:3]]
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "unknown"
+    scale = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
+    if len(zooms) != 3 or not all(z > 0 and math.isfinite(z) for z in zooms):
+        return None
+    return zooms[2] * scale, zooms[1] * scale, zooms[0] * scale
 
 
 # ---------------------------------------------------------------------------- labelled / unlabelled split

@@ -57,7 +57,8 @@ class EvalVolumesConfig(EvalVolumesOptions, DataInput):
     split: str = "test"
     device: str = "auto"
     fmt: str = "auto"
-    """medical data layout: auto, h5 (data/*.h5 + lists) or png (slices/ + labels/ + lists); weakseg.data.acdc"""
+    """medical data layout: auto, h5 (data/*.h5 + lists), png (slices/ + labels/ + lists) or nifti
+    ([<patient>/]<volume>.nii.gz + <volume>_gt.nii.gz + lists; spacing from the header); weakseg.data.acdc"""
 
 
 def _as_dict(s: MedicalScores) -> dict:
@@ -110,6 +111,9 @@ def eval_volumes(cfg: EvalVolumesConfig) -> dict:
         units |= {s.unit for s in scores.values()}
     if not per_volume:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no labelled volume to evaluate")
+    if len(units) > 1:
+        raise DataError(f"split {cfg.split!r} of {cfg.data} mixes volumes with a voxel spacing and volumes without "
+                        "one; pass --spacing to score them all in mm")  # fmt: skip
     unit = units.pop()
     per_class = {}
     for n in names:

@@ -69,7 +69,8 @@ class TrainSemiConfig(TrainSemiOptions, DataInput, StageOutput):
     method: str = "abd"
     """abd, cross-teaching or supervised-only (the methods of task semi-supervised)"""
     fmt: str = "auto"
-    """medical data layout: auto, h5 (data/*.h5 + lists) or png (slices/ + labels/ + lists); weakseg.data.acdc"""
+    """medical data layout: auto, h5 (data/*.h5 + lists), png (slices/ + labels/ + lists) or nifti
+    ([<patient>/]<volume>.nii.gz + <volume>_gt.nii.gz + lists; spacing from the header); weakseg.data.acdc"""
     seed: int = 0
 
 
