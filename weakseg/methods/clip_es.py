@@ -145,16 +145,17 @@ class ClipESConfig:
     """architecture of the embedded toy CLIP"""
     epochs: int = 12
     """contrastive epochs over the split (0 steps are run when clip_weights is set)"""
-    batch_size: int = 32
+    batch_size: int = 16
     """images (and captions) per step"""
-    lr: float = 1e-3
+    lr: float = 5e-4
     """AdamW peak learning rate (linear warm-up over the first epoch, cosine decay to 0)"""
     weight_decay: float = 0.05
     """AdamW weight decay"""
     caption_all: float = 0.5
     """probability that a caption names all of the image's classes (else a random non-empty subset)"""
-    jitter: Jitter = field(default_factory=Jitter)
-    """colour jitter of the training images"""
+    jitter: Jitter = field(default_factory=lambda: Jitter(0.0, 0.0, 0.0, 0.0))
+    """colour jitter of the training images (off: OpenAI's CLIP trained without it, and the synthetic classes' parts
+    differ by colour)"""
     seed: int = 0
     """initialisation seed of the toy CLIP"""
 
