@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from weakseg.backbones.clip import ClipVisual, load_clip, tiny_clip
+from weakseg.backbones.clip_text import VOC_BACKGROUND_WORDS
 from weakseg.cams.cam import make_views
 from weakseg.cams.clip_es import attention_affinity, box_mask, gradcam_tokens, minmax, refine_cam, sinkhorn
 from weakseg.data.captions import SYNTH_SYNONYMS, caption_match, make_captions
@@ -19,7 +20,7 @@ from weakseg.errors import ConfigError
 from weakseg.eval.multilabel import average_precision, multilabel_report, roc_auc
 from weakseg.losses.contrastive import multi_positive_clip_loss
 from weakseg.methods import create_method
-from weakseg.methods.clip_es import ClipESPredictor, ToyClipConfig, last_block_gradcam
+from weakseg.methods.clip_es import ClipESPredictor, ToyClipConfig, class_prompts, last_block_gradcam
 from weakseg.stages.clip_pretrain import ClipPretrainConfig, clip_pretrain
 from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 from weakseg.stages.train_cls import TrainClsConfig, load_classifier, train_cls
@@ -259,3 +260,16 @@ def test_missing_clip_weights_say_where_to_get_them(synth_root, tmp_path):
                          set=(f"clip_weights={tmp_path / 'ViT-B-16.pt'}",), backbone="tiny", device="cpu")  # fmt: skip
     with pytest.raises(ConfigError, match="ViT-B-16.pt.*--clip-weights|weakseg never downloads"):
         train_cls(cfg)
+
+
+def test_class_prompts_synthetic_synonyms_and_clip_es_voc_phrases():
+    toy = create_method("clip-es", "cpu192").cfg
+    rows = class_prompts(("disc", "arrow"), toy).row_prompts()
+    assert rows[0] == ["a photo of a disc.", "a photo of a disk.", "a photo of a circle."]
+    assert rows[1][0] == "a photo of an arrow." and rows[2] == ["a photo of a background."]
+    paper = create_method("clip-es", "paper").cfg
+    prompts = class_prompts(("aeroplane", "person"), paper)
+    assert prompts.row_prompts()[1] == ["a clean origami person with clothes,people,human."]
+    assert prompts.background == VOC_BACKGROUND_WORDS and len(prompts.background) == 25
+    bare = class_prompts(("person",), create_method("clip-es", "paper", ("synonyms=false",)).cfg)
+    assert bare.row_prompts()[0] == ["a clean origami person."]

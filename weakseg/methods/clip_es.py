@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from weakseg.backbones.clip import CLIP_MEAN, CLIP_STD, ClipVisual, import_open_clip, load_clip, tiny_clip
-from weakseg.backbones.clip_text import PromptSet, text_embeddings
+from weakseg.backbones.clip_text import (
+    COCO_CLIP_ES_PHRASES,
+    VOC_BACKGROUND_WORDS,
+    VOC_CLIP_ES_PHRASES,
+    PromptSet,
+    text_embeddings,
+)
 from weakseg.cams.cam import View, average_normalized, normalize_cams, undo_view
 from weakseg.cams.clip_es import attention_affinity, box_mask, gradcam_tokens, minmax, refine_cam
 from weakseg.data.captions import SYNTH_SYNONYMS, article, caption_match, make_captions
@@ -52,6 +58,9 @@ from weakseg.methods.base import CamPredictor, LoaderContext, LoaderFactory, Met
 
 CLIP_FILE = "clip.safetensors"
 CLIP_CONFIG = "clip_config.json"
+
+CLIP_ES_PHRASES: dict[str, tuple[str, ...]] = {**COCO_CLIP_ES_PHRASES, **VOC_CLIP_ES_PHRASES}
+"""CLIP-ES's prompt phrase of each VOC / COCO class name (``'person with clothes,people,human'``, ...)."""
 
 SYNTH_BACKGROUND_WORDS: tuple[str, ...] = ("background", "texture", "pattern", "noise", "stripes", "dots", "wall")
 """Background rows for the synthetic benchmark (its backgrounds are tinted, patterned planes)."""
@@ -124,7 +133,8 @@ class ClipESConfig:
     articles: bool = True
     """put 'a'/'an' before each class phrase (the toy CLIP's captions have them)"""
     synonyms: bool = True
-    """average the prompts of each class's synonyms when the class is one of the synthetic benchmark's"""
+    """class phrases: the synthetic benchmark's synonyms (averaged) and CLIP-ES's phrases for VOC / COCO class
+    names ('person with clothes,people,human'); off: the bare class names"""
     background: tuple[str, ...] = SYNTH_BACKGROUND_WORDS
     """background rows of the softmax (CLIP-ES on VOC: its 25 words, weakseg.backbones.clip_text)"""
     rows: str = "present"
@@ -175,8 +185,11 @@ class ClipESConfig:
 PRESETS: dict[str, ClipESConfig] = {
     # toy CLIP at 128 px, patch 8 (16 x 16 tokens); minutes on one CPU core for the small benchmark
     "cpu192": ClipESConfig(),
-    # the official CAM settings for a real CLIP (pass clip_weights=ViT-B-16.pt): CLIP-ES's VOC template
-    "paper": ClipESConfig(templates=("a clean origami {}.",), articles=False, synonyms=False, input_size=224),
+    # the official CAM settings for a real CLIP on VOC (pass clip_weights=ViT-B-16.pt): CLIP-ES's template, class
+    # phrases and 25 background words (COCO: background=<its 23 words>, box_threshold=0.7)
+    "paper": ClipESConfig(
+        templates=("a clean origami {}.",), articles=False, background=VOC_BACKGROUND_WORDS, input_size=224
+    ),
     # seconds: tests
     "tiny": ClipESConfig(
         input_size=32,
@@ -263,7 +276,7 @@ def class_prompts(class_names: Sequence[str], cfg: ClipESConfig) -> PromptSet:
     the background words."""
     rows: dict[str, tuple[str, ...]] = {}
     for name in class_names:
-        phrases = tuple(SYNTH_SYNONYMS.get(name, ())) if cfg.synonyms else ()
+        phrases = tuple(SYNTH_SYNONYMS.get(name, ()) or CLIP_ES_PHRASES.get(name, ())) if cfg.synonyms else ()
         phrases = phrases or (name,)
         rows[name] = tuple(article(p) for p in phrases) if cfg.articles else phrases
     background = tuple(w for w in cfg.background if w not in rows)
