@@ -42,7 +42,7 @@ class _Counter:
 
 def test_registry_and_presets():
     # the methods of the image-level-label task (other tasks, and tests, register methods of their own)
-    assert methods_of("tags") == ["cam", "mcis"]
+    assert {"cam", "mcis"} <= set(methods_of("tags"))
     assert all(METHODS[n].task == "tags" and METHODS[n].name == n for n in ("cam", "mcis"))
     assert get_method_class("cam").Config is CamConfig and get_method_class("mcis").Config is MCISConfig
     with pytest.raises(ConfigError, match="cam, .*mcis"):
