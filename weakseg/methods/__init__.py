@@ -3,6 +3,7 @@
 - ``cam``: plain CAM classifier (:mod:`weakseg.methods.cam`)
 - ``mcis``: MCIS co-attention classifier, ECCV 2020 (:mod:`weakseg.methods.mcis`)
 - ``clip-es``: CLIP-ES CAMs of a CLIP + text classifier, CVPR 2023 (:mod:`weakseg.methods.clip_es`)
+- ``weclip``: WeCLIP, frozen CLIP + decoder on online pseudo labels, CVPR 2024 (:mod:`weakseg.methods.weclip`)
 - ``abd``, ``cross-teaching``, ``supervised-only``: semi-supervised medical segmentation, ABD CVPR 2024
   and its baselines (:mod:`weakseg.methods.abd`)
 
@@ -10,7 +11,7 @@ Adding a method: one module with a :class:`~weakseg.methods.base.Method` subclas
 :func:`~weakseg.methods.base.register_method`, imported below (see ``docs/extending.md``).
 """
 
-from weakseg.methods import abd, cam, clip_es, mcis  # noqa: F401  (registers the methods)
+from weakseg.methods import abd, cam, clip_es, mcis, weclip  # noqa: F401  (registers the methods)
 from weakseg.methods.base import METHODS, Method, create_method, get_method_class, register_method
 
 __all__ = ["METHODS", "Method", "create_method", "get_method_class", "register_method"]
