@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from weakseg.data.check import check_dataset
 from weakseg.data.dataset import IGNORE, Box, Point, Record
 from weakseg.data.simulate import objects_of, simulate_boxes, simulate_points, simulate_scribbles
 from weakseg.data.weak_labels import (
@@ -235,3 +236,22 @@ def test_points_inside_away_from_border(seed):
     thin = np.zeros((5, 9), np.uint8)
     thin[2, 1:8] = 1  # one pixel thick: clicks fall back to its pixels
     assert all(p.y == 2 and 1 <= p.x < 8 for p in simulate_points(thin, k=4, margin=3))
+
+
+def test_data_check_reports_bad_scribbles(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "scribbles").mkdir()
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    (tmp_path / "labels.csv").write_text("image_id,labels\na,cat\nb,dog\nc,cat\nd,dog\n")
+    for name in "abcd":
+        Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    good = np.full((6, 8), IGNORE, np.uint8)
+    good[1, 1:4] = 1
+    Image.fromarray(good).save(tmp_path / "scribbles" / "a.png")
+    Image.fromarray(np.array([[0, 1, 2, 7]] * 6, np.uint8)).resize((8, 6)).save(tmp_path / "scribbles" / "b.png")
+    Image.fromarray(good[:5]).save(tmp_path / "scribbles" / "c.png")
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "scribbles" / "d.png")
+    found = {p.kind: p for p in check_dataset(tmp_path) if "scribble" in p.kind}
+    assert set(found) == {"scribble_values", "scribble_size", "bad_scribbles"}
+    assert found["scribble_values"].path.endswith("b.png") and "S-DUTS" in found["scribble_values"].fix
+    assert found["scribble_size"].path.endswith("c.png") and found["bad_scribbles"].path.endswith("d.png")

@@ -24,6 +24,7 @@ from weakseg.data.scan import ERROR, WARNING, Problem
 from weakseg.data.scan import Entry as Entry  # re-exported: loaders imported these from here before
 from weakseg.data.scan import Scan as Scan
 from weakseg.data.scan import raise_errors as raise_errors
+from weakseg.data.weak_labels import read_scribble_png
 from weakseg.errors import DataError, unknown_name
 
 # ---------------------------------------------------------------------------- the full check
@@ -130,6 +131,23 @@ def _check_mask(path: Path, size: tuple[int, int] | None, num_classes: int) -> t
     return out, mask
 
 
+def _check_scribbles(path: Path, size: tuple[int, int] | None, num_classes: int) -> list[Problem]:
+    """A scribble PNG (folder format ``scribbles/``: 255 = unknown, 0 = background, c+1 = class c) that does not
+    load, holds values outside that encoding (an S-DUTS 0/1/2 file, say) or has another size than its image."""
+    try:
+        read_scribble_png(path, "voc", num_classes, size)
+    except DataError as e:
+        msg = str(e)
+        kind = "scribble_size" if "but the image is" in msg else "scribble_values" if "hold values" in msg else ""
+        fix = {
+            "scribble_size": "re-export the scribbles at the image's size",
+            "scribble_values": f"use 255 = unknown, 0 = background, c+1 = class c (c < {num_classes}); convert "
+            "S-DUTS files (1 = fg, 2 = bg, 0 = unknown) with weakseg.data.weak_labels.decode_scribbles",
+        }.get(kind, "re-save the scribbles as an 8-bit palette or grayscale PNG")
+        return [Problem(display_path(path), kind or "bad_scribbles", msg, fix)]
+    return []
+
+
 def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None, strict: bool = False) -> list[Problem]:
     """All problems of a dataset (every split when ``split`` is None), errors and warnings, in one pass.
 
@@ -175,6 +193,9 @@ def check_dataset(root: str | Path, fmt: str = "auto", split: str | None = None,
                 found, sizes[e.image_path] = _check_image(e.image_path)
                 problems += found
             labels = e.labels
+            if e.scribbles is not None and e.scribbles not in masks_done:
+                masks_done.add(e.scribbles)
+                problems += _check_scribbles(e.scribbles, sizes[e.image_path], len(names))
             if e.mask_path is not None and e.mask_path not in masks_done:
                 masks_done.add(e.mask_path)
                 found, mask = _check_mask(e.mask_path, sizes[e.image_path], len(names))
