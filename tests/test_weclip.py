@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from weakseg.cams.cam import make_views
 from weakseg.cams.weclip import background_scores, rfm_active, rfm_affinity, rfm_filter, scores_to_label, transition
@@ -227,6 +228,9 @@ def test_train_cls_then_make_cams(synth_root, tmp_path):
                                    backbone="tiny", device="cpu"))  # fmt: skip
     meta = json.loads((cls / "config.json").read_text())
     assert meta["record"]["clip"]["random_toy"]
+    weights = load_file(cls / "model.safetensors")
+    assert not any(k.startswith("clip") for k in weights)  # the frozen CLIP is not copied into the cls folder
+    assert int(weights["opt_steps"]) == 10  # 40 train images, batch 4, 1 epoch: the RFM counter is saved
     cams = make_cams(MakeCamsConfig(cls_dir=cls, data=synth_root, out=tmp_path / "cams", scales=(1.0,), flip=True,
                                     device="cpu"))  # fmt: skip
     files = sorted(cams.glob("*.npz"))
