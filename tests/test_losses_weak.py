@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from weakseg.data.dataset import IGNORE, Box
-from weakseg.losses.pairwise import gated_crf_loss, gaussian_kernel, l1_pairwise_loss, neighbours, potts_loss
+from weakseg.losses.pairwise import (
+    energy_gate,
+    gated_crf_loss,
+    gaussian_kernel,
+    l1_pairwise_loss,
+    neighbours,
+    potts_loss,
+)
 from weakseg.losses.partial import (
     balanced_partial_cross_entropy,
     box_tightness_loss,
@@ -249,3 +256,13 @@ def test_matches_the_method_notes_numpy_reference():
     half = torch.full((1, 2, 32, 32), 0.5)
     assert potts_loss(half, k).item() == pytest.approx(31.7, rel=0.03)
     assert l1_pairwise_loss(half, k).item() == 0
+
+
+def test_energy_gate_and_ssim_gradcheck():
+    probs = torch.tensor([[[[0.9, 0.5]], [[0.1, 0.5]]]], requires_grad=True)  # [1, 2, 1, 2]
+    gate = energy_gate(probs, torch.tensor([[[0, IGNORE]]]))
+    assert gate.tolist() == [[[[pytest.approx(0.1), 1.0]]]] and not gate.requires_grad
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(1, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(1, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ssim_l1_consistency, (a, b))

@@ -15,6 +15,9 @@ Penalties, averaged over the source pixels (or the valid ones, see ``mask_src``)
 - L1: ``Σ_j K_ij Σ_k |y_ik - y_jk|``; a constant map costs 0 whatever its value, so it does not push towards
   confident maps (for a saliency map ``s`` pass ``[1 - s, s]``, which doubles ``|s_i - s_j|``).
 
+Gates: ``mask_src`` / ``mask_dst`` weigh pixels as sources / neighbours (the gated CRF's padding masks);
+:func:`energy_gate` gives RRM's dense-energy weighting as a ``mask_src``.
+
 Nothing here changes its inputs (SCWSSOD's official code divides the image by σ in place on every call, so its
 four side outputs see σ_rgb = 0.1, 0.01, 0.001, 0.0001; here each call builds new tensors).
 """
@@ -26,6 +29,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from weakseg.data.dataset import IGNORE
 
 
 def neighbours(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -166,3 +171,15 @@ def gated_crf_loss(
     """
     kernel = gaussian_kernel([(image, rgb_sigma), *features], radius=radius, xy_sigma=xy_sigma)
     return potts_loss(probs, kernel, mask_src, mask_dst)
+
+
+def energy_gate(probs: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+    """RRM's dense-energy gate ``[B, 1, H, W]`` (Zhang et al., AAAI 2020), for ``mask_src`` of :func:`potts_loss`.
+
+    ``probs`` ``[B, C, H, W]``, ``target`` ``[B, H, W]`` partial labels: ``1 - max_k y_ik`` on labelled pixels
+    (a confident labelled pixel hardly pays), 1 on unknown ones (``ignore_index``). Detached: the gate weighs
+    the loss, it is not trained. As ``mask_src`` the loss is divided by the gate's sum; RRM divides by the pixel
+    count (multiply by ``gate.sum() / gate.numel()`` to match it).
+    """
+    conf = 1 - probs.detach().amax(1, keepdim=True)
+    return torch.where((target == ignore_index)[:, None], torch.ones_like(conf), conf)
