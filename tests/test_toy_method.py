@@ -132,3 +132,21 @@ def test_an_unregistered_method_is_refused_by_name(tmp_path):
 
     with pytest.raises(ConfigError, match="toy-gmp"):
         run(RunConfig(out=tmp_path / "r", synth_preset="tiny", method="toy-gmp", device="cpu"))
+
+
+def test_task_full_trains_the_segmenter_on_masks_only(tmp_path):
+    """`--task full` (what `weakseg demo --full-baseline` runs): no classifier, CAM or pseudo stage."""
+    out = tmp_path / "full"
+    summary = run(
+        RunConfig(
+            out=out,
+            synth_preset="tiny",
+            task="full",
+            device="cpu",
+            report_images=1,
+            seg=TrainSegOptions(arch="tiny", train=DenseTrainConfig(epochs=1)),
+        )
+    )
+    assert summary["task"] == "full" and summary["method"] is None and summary["segmenter"]["miou"] is not None
+    assert "seeds" not in summary and not (out / "cls").exists() and not (out / "pseudo").exists()
+    assert load_json(out / "seg" / "config.json")["record"]["supervision"] == "full"
