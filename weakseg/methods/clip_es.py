@@ -384,6 +384,15 @@ class ClipESPredictor(CamPredictor):
         return normalize_cams(average_normalized(maps)).clamp_(0, 1)
 
 
+def clip_weights_record(weights: str, model: str) -> dict[str, Any]:
+    """What a run records of the CLIP weights it used (path, digest, model); a missing file raises the error that
+    says where to get it."""
+    path, _ = resolve_clip_weights(weights, model)
+    if not path.is_file():
+        load_clip_weights(weights, model)  # raises the "where to get it" error
+    return {"clip": {"weights": str(path.resolve()), "digest": file_digest(path), "model": model}}
+
+
 @register_method
 class ClipESMethod(Method):
     """CLIP-ES CAMs; train-cls trains the embedded toy CLIP unless ``clip_weights`` names a CLIP."""
@@ -445,10 +454,7 @@ class ClipESMethod(Method):
     def describe_data(self) -> dict[str, Any]:
         if self.embedded:
             return {"clip": {"embedded": True}}
-        path, _ = resolve_clip_weights(self.cfg.clip_weights, self.cfg.clip_model)
-        if not path.is_file():
-            load_clip_weights(self.cfg.clip_weights, self.cfg.clip_model)  # raises the "where to get it" error
-        return {"clip": {"weights": str(path.resolve()), "digest": file_digest(path), "model": self.cfg.clip_model}}
+        return clip_weights_record(self.cfg.clip_weights, self.cfg.clip_model)
 
     def step(self, net: nn.Module, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
         if not self.class_names:

@@ -50,10 +50,9 @@ from weakseg.methods.clip_es import (
     ClipESConfig,
     ToyClipConfig,
     class_prompts,
-    file_digest,
+    clip_weights_record,
     last_block_gradcam,
     load_clip_weights,
-    resolve_clip_weights,
 )
 from weakseg.refine.par import par_refine
 
@@ -450,10 +449,7 @@ class WeCLIPMethod(Method):
     def describe_data(self) -> dict[str, Any]:
         if not self.cfg.clip_weights:
             return {"clip": {"random_toy": True, "seed": self.cfg.seed}}
-        path, _ = resolve_clip_weights(self.cfg.clip_weights, self.cfg.clip_model)
-        if not path.is_file():
-            load_clip_weights(self.cfg.clip_weights, self.cfg.clip_model)  # raises the "where to get it" error
-        return {"clip": {"weights": str(path.resolve()), "digest": file_digest(path), "model": self.cfg.clip_model}}
+        return clip_weights_record(self.cfg.clip_weights, self.cfg.clip_model)
 
     def text(self, net: WeCLIPNet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(unit text rows [K + B, E], logit scale, K)`` of the class names, cached per device."""
