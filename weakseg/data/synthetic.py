@@ -54,6 +54,13 @@ with probability ``web_missing_rate`` it also contains 1-2 unlisted objects of o
 appearance is shifted by ``web_shift`` (0..1): colour cast, gamma, saturation, Gaussian blur and a
 lower JPEG quality (35..75 at full shift).
 
+*More classes (few-shot folds).* ``n_classes`` (10 by default; 10..30) adds classes beyond the ten: class
+``k >= 10`` has the shape of class ``k % 10`` but a pale (``k < 20``) or dark (``k >= 20``) part colour at
+another place on the object and a body texture of another family (``class_names(n)`` gives their names, e.g.
+"pale disc", "dark star"). With 20 classes, 4 folds of 5 held-out classes exist as in PASCAL-5i
+(:mod:`weakseg.data.episodes`). With the default 10 every file is byte-identical to what the generator wrote
+before the option existed (``n_classes`` is then left out of ``synth.json``; a test hashes a tiny preset).
+
 Presets (``size``): ``tiny`` (64 train / 24 val, 96-112 px, for tests), ``small`` (600 / 150,
 112-128 px, the CPU demo), ``default`` (2,000 / 300, 128-160 px), ``large`` (10,000 / 1,500,
 192-256 px). Any count or side left as ``None`` comes from the preset.
@@ -97,6 +104,14 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 K = len(CLASS_NAMES)
 N_NEUTRAL_BG = 4  # backgrounds tied to no class
+MAX_CLASSES = 3 * K  # base classes, then a pale and a dark variant of each shape
+VARIANT_NAMES = ("", "pale ", "dark ")
+
+
+def class_names(n_classes: int = K) -> tuple[str, ...]:
+    """Names of the first ``n_classes`` classes: the ten shapes, then "pale <shape>", then "dark <shape>"."""
+    return tuple(VARIANT_NAMES[k // K] + CLASS_NAMES[k % K] for k in range(n_classes))
+
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(n_train=64, n_val=24, n_single=32, n_web=32, min_side=96, max_side=112),
@@ -168,6 +183,8 @@ class SynthConfig:
     """extra_web: strength of the appearance shift (colour cast, gamma, blur, lower JPEG quality); 0 = none."""
     save_parts: bool = True
     """Write ``SegmentationPart/`` masks of the visible discriminative parts."""
+    n_classes: int = K
+    """Number of classes (10..30): beyond 10, shape × part colour/place × texture variants (few-shot folds)."""
 
     def resolved(self) -> SynthConfig:
         """The config with preset values filled in, validated."""
@@ -213,9 +230,12 @@ class SynthConfig:
             raise bad(f"jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
         if self.clutter < 0 or self.noise_std < 0 or self.min_visible < 1 or not 0 <= self.ignore_band <= 4:
             raise bad("need clutter >= 0, noise_std >= 0, min_visible >= 1 and 0 <= ignore_band <= 4")
+        if not K <= self.n_classes <= MAX_CLASSES:
+            raise bad(f"n_classes must lie in {K}..{MAX_CLASSES}, got {self.n_classes}")
+        nc = self.n_classes
         for a, b in self.pairs:
-            if not (0 <= a < K and 0 <= b < K and a != b):
-                raise bad(f"pair ({a}, {b}) must name two different classes in 0..{K - 1}")
+            if not (0 <= a < nc and 0 <= b < nc and a != b):
+                raise bad(f"pair ({a}, {b}) must name two different classes in 0..{nc - 1}")
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -297,6 +317,43 @@ BG_COLOURS = np.stack(
     [np.stack([_hsv(k / K + 0.05, 0.35, 0.78), _hsv(k / K + 0.05, 0.45, 0.5)]) for k in range(K)]
     + [np.stack([_hsv(0.1 * i, 0.06, 0.75), _hsv(0.1 * i, 0.08, 0.45)]) for i in range(N_NEUTRAL_BG)]
 )
+# Classes beyond the ten (``n_classes > 10``): variant v = k // 10 of shape k % 10 has its part elsewhere
+# (object-frame units, inside the shape), a pale (v = 1) or dark (v = 2) part colour and a shifted texture family.
+PARTS_VARIANT = {
+    "disc": ((-0.5, 0.0), (0.0, 0.5)),
+    "triangle": ((-0.4, 0.0), (0.0, 0.4)),
+    "ring": ((0.0, -0.775), (-0.775, 0.0)),
+    "cross": ((-0.7, 0.0), (0.0, 0.7)),
+    "star": ((0.3, 0.0), (-0.3, 0.0)),
+    "square": ((-0.5, -0.5), (-0.5, 0.5)),
+    "ellipse": ((0.6, 0.0), (0.0, 0.0)),
+    "arrow": ((-0.5, 0.0), (-0.85, 0.0)),
+    "crescent": ((-0.6, 0.5), (-0.6, -0.5)),
+    "hexagon": ((0.4, 0.0), (0.0, 0.4)),
+}
+
+
+def _part_colour(k: int) -> np.ndarray:
+    if k < K:
+        return PART_COLOURS[k]
+    hue = (k % K) / K + 0.05
+    return _hsv(hue, 0.5, 1.0) if k < 2 * K else _hsv(hue, 1.0, 0.55)
+
+
+def _part_place(k: int) -> tuple[float, float]:
+    name = CLASS_NAMES[k % K]
+    return PARTS[name] if k < K else PARTS_VARIANT[name][k // K - 1]
+
+
+def _bg_colours(n_classes: int) -> np.ndarray:
+    """Background colour pairs: one per class (its context background), then the neutral ones."""
+    if n_classes == K:
+        return BG_COLOURS
+    extra = [
+        np.stack([_hsv(k / K + 0.05 + 0.03 * (k // K), 0.3, 0.85 - 0.1 * (k // K)), _hsv(k / K + 0.1, 0.5, 0.45)])
+        for k in range(K, n_classes)
+    ]
+    return np.concatenate([BG_COLOURS[:K], np.stack(extra), BG_COLOURS[K:]])
 
 
 # ---------------------------------------------------------------------------- textures
@@ -332,8 +389,8 @@ def _body(
     k: int, x: np.ndarray, y: np.ndarray, R: float, rng: np.random.Generator, cue: float, as_class: bool = True
 ) -> np.ndarray:
     """Body colours ``float32 [h, w, 3]`` of class ``k`` at object-frame pixel coordinates (x, y)."""
-    fam = k % 5
-    second = 1.0 if (k >= 5 and as_class) else 0.0
+    fam = (k % 5 + 2 * (k // K)) % 5  # classes beyond the ten take another texture family than their shape's
+    second = 1.0 if (k % K >= 5 and as_class) else 0.0
     angle = FAMILY_ANGLE[fam] + second * cue * 0.8 + rng.uniform(-0.2, 0.2)
     period = FAMILY_PERIOD[fam] * (1 + 0.5 * cue * second) * rng.uniform(0.85, 1.15)
     ca, sa = math.cos(angle), math.sin(angle)
@@ -346,9 +403,9 @@ def _body(
     return (cols[0] * t + cols[1] * (1 - t)) * shade[..., None]
 
 
-def _background(bg: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    cols = BG_COLOURS[bg] + rng.uniform(-15, 15, size=(1, 3)).astype(np.float32)
-    style = bg % 3 if bg < K else 0
+def _background(bg: int, h: int, w: int, rng: np.random.Generator, n_classes: int = K) -> np.ndarray:
+    cols = _bg_colours(n_classes)[bg] + rng.uniform(-15, 15, size=(1, 3)).astype(np.float32)
+    style = bg % 3 if bg < n_classes else 0
     if style == 0:  # soft blotches
         t = _smooth_noise(rng, h, w, 10 + 3 * (bg % 4))
     elif style == 1:  # waves
@@ -390,7 +447,7 @@ def _grid(cx: float, cy: float, R: float, theta: float, x0: int, x1: int, y0: in
 class _Canvas:
     def __init__(self, cfg: SynthConfig, rng: np.random.Generator, h: int, w: int, bg: int):
         self.cfg, self.rng, self.h, self.w = cfg, rng, h, w
-        self.img = _background(bg, h, w, rng)
+        self.img = _background(bg, h, w, rng, cfg.n_classes)
         self.inst = np.full((h, w), -1, dtype=np.int16)
         self.parts = np.zeros((h, w), dtype=np.uint8)
         self.obj_cls: list[int] = []
@@ -416,7 +473,7 @@ class _Canvas:
         r, th = _polar(x / (R * stretch), y / R)
         inside = r <= 1 + 0.25 * np.sin(3 * th + p1) + 0.12 * np.sin(5 * th + p2)
         if rng.random() < 0.5:  # a class body texture without its part: texture alone is not the class
-            body = _body(int(rng.integers(K)), x, y, R, rng, self.cfg.body_cue)
+            body = _body(int(rng.integers(self.cfg.n_classes)), x, y, R, rng, self.cfg.body_cue)
         else:
             fam = int(rng.integers(5))
             t = _pattern(fam, x, y, float(rng.uniform(5, 12)), rng)[..., None]
@@ -428,7 +485,7 @@ class _Canvas:
     def place(self, k: int, tries: int = 12) -> bool:
         """Draw an object of class ``k`` on top, if a placement respecting ``max_occlusion`` is found."""
         rng, cfg = self.rng, self.cfg
-        name = CLASS_NAMES[k]
+        name = CLASS_NAMES[k % K]
         for _ in range(tries):
             R = self._radius()
             cx = rng.uniform(0.3 * R, self.w - 0.3 * R)
@@ -457,10 +514,10 @@ class _Canvas:
             pbox = self.parts[y0:y1, x0:x1]
             pbox[inside] = 0
             if rng.random() < cfg.part_rate:
-                px, py = PARTS[name]
+                px, py = _part_place(k)
                 rho = math.sqrt(cfg.part_area * full / math.pi)  # pixels
                 part = inside & ((x - px * R) ** 2 + (y - py * R) ** 2 <= rho * rho)
-                colour = PART_COLOURS[k] * rng.uniform(0.9, 1.0) + rng.uniform(-12, 12, size=3)
+                colour = _part_colour(k) * rng.uniform(0.9, 1.0) + rng.uniform(-12, 12, size=3)
                 box[part] = colour.astype(np.float32)
                 pbox[part] = k + 1
             j = len(self.obj_cls)
@@ -496,7 +553,7 @@ class _Canvas:
             mask[edge] = IGNORE
         counts = np.bincount(mask.ravel(), minlength=256)
         labels = []
-        for c in range(K):
+        for c in range(cfg.n_classes):
             n = counts[c + 1]
             if 0 < n < cfg.min_visible:
                 mask[mask == c + 1] = IGNORE
@@ -518,24 +575,25 @@ def make_scene(cfg: SynthConfig, rng: np.random.Generator, kind: str = "main") -
     Returns the scene and, for 'web', the query class (the image's only listed label); else -1.
     """
     h, w = (int(v) for v in rng.integers(cfg.min_side, cfg.max_side + 1, size=2))
+    nc = cfg.n_classes
     partner = {a: b for a, b in cfg.pairs} | {b: a for a, b in cfg.pairs}
     for _attempt in range(50):
         query = -1
         if kind == "main":
             p = _COUNT_WEIGHTS[: cfg.max_objects] / _COUNT_WEIGHTS[: cfg.max_objects].sum()
             n = int(rng.choice(np.arange(1, cfg.max_objects + 1), p=p))
-            classes = [int(rng.integers(K))]
+            classes = [int(rng.integers(nc))]
             if classes[0] in partner and rng.random() < cfg.pair_rate:
                 classes.append(partner[classes[0]])
             while len(classes) < n:
-                classes.append(int(rng.integers(K)))
+                classes.append(int(rng.integers(nc)))
             need = {classes[0]}
         elif kind == "single":
-            classes = [int(rng.integers(K))]
+            classes = [int(rng.integers(nc))]
             need = set(classes)
         elif kind == "web":
-            query = int(rng.integers(K))
-            others = [c for c in range(K) if c != query]
+            query = int(rng.integers(nc))
+            others = [c for c in range(nc) if c != query]
             if rng.random() < cfg.web_wrong_rate:
                 classes = [int(c) for c in rng.choice(others, size=int(rng.integers(1, 3)), replace=False)]
                 need = {classes[0]}
@@ -546,7 +604,7 @@ def make_scene(cfg: SynthConfig, rng: np.random.Generator, kind: str = "main") -
                 need = set(classes)
         else:
             raise ValueError(f"unknown scene kind {kind!r}")
-        bg = classes[0] if rng.random() < cfg.context_rate else int(rng.integers(K + N_NEUTRAL_BG))
+        bg = classes[0] if rng.random() < cfg.context_rate else int(rng.integers(nc + N_NEUTRAL_BG))
         canvas = _Canvas(cfg, rng, h, w, bg)
         for _ in range(int(rng.poisson(cfg.clutter))):
             canvas.distractor()
@@ -649,7 +707,9 @@ def _run_set(cfg: SynthConfig, set_name: str, folder: Path, n: int, pool: Proces
 
 def _meta(cfg: SynthConfig) -> dict:
     meta = {k: v for k, v in asdict(cfg).items() if k != "out"}  # no path: same seed -> same bytes
-    meta |= {"class_names": list(CLASS_NAMES), "format": "voc", "generator": "weakseg.data.synthetic"}
+    if cfg.n_classes == K:  # the default: synth.json stays byte-identical to the one written before the option
+        del meta["n_classes"]
+    meta |= {"class_names": list(class_names(cfg.n_classes)), "format": "voc", "generator": "weakseg.data.synthetic"}
     return json.loads(json.dumps(meta))  # tuples -> lists, as read back from synth.json
 
 
@@ -697,8 +757,9 @@ def generate(cfg: SynthConfig, workers: int | None = None, overwrite: bool = Fal
         for split, rows in splits.items():
             text = "".join(f"{r[0]}\n" for r in rows)
             atomic_write_bytes(folder / "ImageSets" / "Segmentation" / f"{split}.txt", text.encode())
-        write_cls_labels(folder / CLS_LABELS, {r[0]: r[1] for rows in splits.values() for r in rows}, CLASS_NAMES)
-        write_classes(folder / CLASSES_TXT, CLASS_NAMES)
+        names = class_names(cfg.n_classes)
+        write_cls_labels(folder / CLS_LABELS, {r[0]: r[1] for rows in splits.values() for r in rows}, names)
+        write_classes(folder / CLASSES_TXT, names)
 
     write_meta(out, main)
     if "single" in extras:
@@ -706,7 +767,7 @@ def generate(cfg: SynthConfig, workers: int | None = None, overwrite: bool = Fal
     if "web" in extras:
         write_meta(out / "extra_web", {"train": extras["web"]})
         rows = extras["web"]
-        write_cls_labels(out / "extra_web" / "true_labels.csv", {r[0]: r[2] for r in rows}, CLASS_NAMES)
+        write_cls_labels(out / "extra_web" / "true_labels.csv", {r[0]: r[2] for r in rows}, class_names(cfg.n_classes))
     if cfg.n_train or cfg.n_val:
         render_sample_grid(out, out / "samples.png", split="train" if cfg.n_train else "val")
     save_json(out / "synth.json", _meta(cfg))  # last: marks the dataset complete
