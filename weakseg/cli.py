@@ -31,6 +31,12 @@ from weakseg.stages.predict import PredictConfig, predict_images
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, train_cls
+from weakseg.stages.train_saliency import (
+    PredictSaliencyConfig,
+    TrainSaliencyConfig,
+    predict_saliency_maps,
+    train_saliency,
+)
 from weakseg.stages.train_seg import TrainSegConfig, train_seg
 from weakseg.stages.train_semi import TrainSemiConfig, train_semi
 from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
@@ -108,6 +114,8 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
         "predict": (PredictConfig, predict_images),
         "train-semi": (TrainSemiConfig, train_semi),
+        "train-saliency": (TrainSaliencyConfig, train_saliency),
+        "predict-saliency": (PredictSaliencyConfig, _print_result(predict_saliency_maps)),
         "eval-volumes": (EvalVolumesConfig, _print_result(eval_volumes)),
         "eval": (EvalConfig, _eval),
         "run": (RunConfig, _run),

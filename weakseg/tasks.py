@@ -29,6 +29,14 @@ from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.train_aff import TrainAffinityConfig, TrainAffinityOptions, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, TrainClsOptions, train_cls
+from weakseg.stages.train_saliency import (
+    PredictSaliencyConfig,
+    PredictSaliencyOptions,
+    TrainSaliencyConfig,
+    TrainSaliencyOptions,
+    predict_saliency_maps,
+    train_saliency,
+)
 from weakseg.stages.train_seg import TrainSegConfig, TrainSegOptions, train_seg
 from weakseg.stages.train_semi import TrainSemiConfig, TrainSemiOptions, train_semi
 
@@ -48,6 +56,8 @@ class RunOptions:
     eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
     semi: TrainSemiOptions = field(default_factory=TrainSemiOptions)
     eval_volumes: EvalVolumesOptions = field(default_factory=EvalVolumesOptions)
+    saliency: TrainSaliencyOptions = field(default_factory=TrainSaliencyOptions)
+    eval_saliency: PredictSaliencyOptions = field(default_factory=PredictSaliencyOptions)
 
 
 @dataclass
@@ -233,6 +243,24 @@ def _eval_volumes(ctx: RunContext) -> dict:
     return result
 
 
+def _saliency(ctx: RunContext) -> Path:
+    return train_saliency(ctx.config(ctx.opts.saliency, TrainSaliencyConfig, "saliency"))
+
+
+def _eval_saliency(ctx: RunContext) -> dict:
+    """Saliency maps of the val split (same data options as training) and their SOD metrics."""
+    train = ctx.opts.saliency
+    opts = PredictSaliencyOptions(sequences=train.sequences, frame_step=train.frame_step,
+                                  scribble_seed=train.scribble_seed)  # fmt: skip
+    if ctx.opts.eval_saliency != PredictSaliencyOptions():
+        opts = ctx.opts.eval_saliency
+    cfg = ctx.config(opts, PredictSaliencyConfig, "eval/saliency", split="val", model_dir=ctx.out / "saliency")
+    result = predict_saliency_maps(cfg)
+    ctx.summary["saliency"] = {k: result.get(k) for k in ("split", "images", "mae", "max_fmeasure", "mean_fmeasure",
+                                                          "adaptive_fmeasure", "smeasure", "masks_read")}  # fmt: skip
+    return result
+
+
 # ---------------------------------------------------------------------------- the registry
 
 _EVAL_SEG = Stage("eval-seg", "eval/seg", _eval_seg, reads=("seg",), skippable=False)
@@ -259,6 +287,17 @@ TASKS: dict[str, Task] = {
         stages=(Stage("seg", "seg", _seg("full"), reads=("data",)), _EVAL_SEG),
         needs_method=False,
     ),
+    "saliency": Task(
+        "saliency",
+        supervision="scribbles of the salient object (S-DUTS style: 1 salient, 2 background, 0 unknown)",
+        description="scribble salient-object detection -> saliency maps + MAE / Fβ / Sα on val (SCWSSOD, sod-pce; "
+        "sod-full = masks; --data: folder, davis or voc layout, weakseg.data.saliency)",
+        stages=(
+            Stage("saliency", "saliency", _saliency, reads=("data",)),
+            Stage("eval-saliency", "eval/saliency", _eval_saliency, reads=("saliency", "data"), skippable=False),
+        ),
+        report=False,
+    ),
     "semi-supervised": Task(
         "semi-supervised",
         supervision="a few labelled + many unlabelled volumes (2D slices)",
@@ -275,7 +314,6 @@ TASKS: dict[str, Task] = {
 PLANNED: dict[str, str] = {
     "box": "bounding boxes -> pseudo labels -> segmenter (A2GNN)",
     "scribble": "scribbles -> segmenter (DFR)",
-    "saliency": "scribble salient-object detection (SCWSSOD)",
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
     "co-saliency": "groups sharing a salient object (DCFM)",
     "video": "first-frame box -> object masks (FTMU)",
