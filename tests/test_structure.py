@@ -190,7 +190,8 @@ def test_every_task_with_a_method_has_one_registered():
 
 def test_planned_tasks_are_named_and_refused_clearly():
     assert {"box", "scribble", "saliency", "few-shot", "semi-supervised", "co-saliency", "video"} <= {*PLANNED, *TASKS}
-    with pytest.raises(ConfigError, match="no implemented method yet"):
-        get_task("box")
+    for name in PLANNED:  # the tasks still planned (the list shrinks as methods land)
+        with pytest.raises(ConfigError, match="no implemented method yet"):
+            get_task(name)
     with pytest.raises(ConfigError, match="valid names"):
         get_task("boxes")

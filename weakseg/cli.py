@@ -21,6 +21,7 @@ from weakseg.data.voc import build_labels
 from weakseg.engine.logging import setup_logging
 from weakseg.errors import WeaksegError
 from weakseg.pipeline import RunConfig, load_run_config, run
+from weakseg.stages.box_pseudo import BoxPseudoConfig, make_box_pseudo
 from weakseg.stages.clip_pretrain import ClipPretrainConfig, clip_pretrain
 from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
 from weakseg.stages.eval_seg import EvalSegConfig, eval_seg
@@ -110,6 +111,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "viz": (VizConfig, render_cam_grid_cmd),
         "train-aff": (TrainAffinityConfig, train_affinity),
         "pseudo": (PseudoConfig, _print_result(make_pseudo)),
+        "box-pseudo": (BoxPseudoConfig, _print_result(make_box_pseudo)),
         "train-seg": (TrainSegConfig, train_seg),
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
         "predict": (PredictConfig, predict_images),

@@ -22,6 +22,7 @@ from weakseg.engine.artifacts import is_done, mark_done
 from weakseg.errors import ConfigError, unknown_name
 from weakseg.methods import METHODS
 from weakseg.refine.pseudo import PseudoOptions
+from weakseg.stages.box_pseudo import BoxPseudoConfig, BoxPseudoOptions, make_box_pseudo
 from weakseg.stages.eval_cams import EvalCamsConfig, EvalCamsOptions, eval_cams, mask_source
 from weakseg.stages.eval_seg import EvalSegConfig, EvalSegOptions, eval_seg
 from weakseg.stages.eval_volumes import EvalVolumesConfig, EvalVolumesOptions, eval_volumes
@@ -52,6 +53,7 @@ class RunOptions:
     eval_cams: EvalCamsOptions = field(default_factory=EvalCamsOptions)
     aff: TrainAffinityOptions = field(default_factory=TrainAffinityOptions)
     pseudo: PseudoOptions = field(default_factory=PseudoOptions)
+    box: BoxPseudoOptions = field(default_factory=BoxPseudoOptions)
     seg: TrainSegOptions = field(default_factory=TrainSegOptions)
     eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
     semi: TrainSemiOptions = field(default_factory=TrainSemiOptions)
@@ -191,6 +193,24 @@ def _uses_rw(ctx: RunContext) -> bool:
     return ctx.opts.pseudo.refiner == "rw"
 
 
+def _box_uses_cams(ctx: RunContext) -> bool:
+    return ctx.opts.box.seeds == "cam"
+
+
+def _box_cls(ctx: RunContext) -> Path:
+    """The CAM classifier of the box task: a tags method (--box.cam-method) on the image-level labels."""
+    return train_cls(ctx.config(ctx.opts.cls, TrainClsConfig, "cls", method=ctx.opts.box.cam_method))
+
+
+def _box_pseudo(ctx: RunContext) -> dict:
+    cams = ctx.out / "cams" if _box_uses_cams(ctx) else None
+    cfg = ctx.config(ctx.opts.box, BoxPseudoConfig, "pseudo", cams=cams)
+    result = make_box_pseudo(cfg)
+    ctx.summary["pseudo"] = {k: result.get(k) for k in ("miou", "box_fill_miou", "box_cam_miou", "seeds_miou_labelled",
+                                                        "boxes", "seeds", "masks_read")}  # fmt: skip
+    return result
+
+
 def _pseudo(ctx: RunContext) -> dict:
     cfg = ctx.config(
         ctx.opts.pseudo,
@@ -311,8 +331,21 @@ TASKS: dict[str, Task] = {
     ),
 }
 
+TASKS["box"] = Task(
+    "box",
+    supervision="bounding boxes (dataset boxes, or simulated from masks)",
+    description="[CAM classifier on the boxes' classes -> CAMs ->] box pseudo labels (A2GNN) -> segmenter -> eval",
+    stages=(
+        Stage("cls", "cls", _box_cls, reads=("data",), when=_box_uses_cams),
+        Stage("cams", "cams", _cams, reads=("cls", "data"), when=_box_uses_cams),
+        Stage("box-pseudo", "pseudo", _box_pseudo, reads=("data", "cams")),
+        Stage("seg", "seg", _seg("pseudo"), reads=("pseudo", "data")),
+        _EVAL_SEG,
+    ),
+    report=False,
+)
+
 PLANNED: dict[str, str] = {
-    "box": "bounding boxes -> pseudo labels -> segmenter (A2GNN)",
     "scribble": "scribbles -> segmenter (DFR)",
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
     "co-saliency": "groups sharing a salient object (DCFM)",

@@ -8,12 +8,13 @@
   and its baselines (:mod:`weakseg.methods.abd`)
 - ``scwssod``, ``sod-pce``, ``sod-full``: scribble salient-object detection, SCWSSOD AAAI 2021, and its
   partial-BCE and fully supervised baselines (:mod:`weakseg.methods.scwssod`)
+- ``a2gnn``: A2GNN, box-supervised pseudo labels, TPAMI 2021 (:mod:`weakseg.methods.a2gnn`)
 
 Adding a method: one module with a :class:`~weakseg.methods.base.Method` subclass decorated by
 :func:`~weakseg.methods.base.register_method`, imported below (see ``docs/extending.md``).
 """
 
-from weakseg.methods import abd, cam, clip_es, mcis, scwssod, weclip  # noqa: F401  (registers the methods)
+from weakseg.methods import a2gnn, abd, cam, clip_es, mcis, scwssod, weclip  # noqa: F401  (registers the methods)
 from weakseg.methods.base import METHODS, Method, create_method, get_method_class, register_method
 
 __all__ = ["METHODS", "Method", "create_method", "get_method_class", "register_method"]
