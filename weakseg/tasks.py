@@ -30,6 +30,14 @@ from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.train_aff import TrainAffinityConfig, TrainAffinityOptions, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, TrainClsOptions, train_cls
+from weakseg.stages.train_cosal import (
+    EvalCosalConfig,
+    EvalCosalOptions,
+    TrainCosalConfig,
+    TrainCosalOptions,
+    eval_cosal,
+    train_cosal,
+)
 from weakseg.stages.train_saliency import (
     PredictSaliencyConfig,
     PredictSaliencyOptions,
@@ -58,6 +66,8 @@ class RunOptions:
     eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
     semi: TrainSemiOptions = field(default_factory=TrainSemiOptions)
     eval_volumes: EvalVolumesOptions = field(default_factory=EvalVolumesOptions)
+    cosal: TrainCosalOptions = field(default_factory=TrainCosalOptions)
+    eval_cosal: EvalCosalOptions = field(default_factory=EvalCosalOptions)
     saliency: TrainSaliencyOptions = field(default_factory=TrainSaliencyOptions)
     eval_saliency: PredictSaliencyOptions = field(default_factory=PredictSaliencyOptions)
 
@@ -345,10 +355,34 @@ TASKS["box"] = Task(
     report=False,
 )
 
+
+def _cosal(ctx: RunContext) -> Path:
+    return train_cosal(ctx.config(ctx.opts.cosal, TrainCosalConfig, "cosal"))
+
+
+def _eval_cosal(ctx: RunContext) -> dict:
+    cfg = ctx.config(ctx.opts.eval_cosal, EvalCosalConfig, "eval/cosal", split="val", model_dir=ctx.out / "cosal")
+    result = eval_cosal(cfg)
+    ctx.summary["co-saliency"] = {"split": ctx.val_split, "groups": result["groups"], "images": result["images"],
+                                  **{k: result["metrics"][k] for k in ("smeasure", "max_fmeasure", "mae")}}  # fmt: skip
+    return result
+
+
+TASKS["co-saliency"] = Task(
+    "co-saliency",
+    supervision="co-saliency masks of training groups (images sharing an object); groups only at test time",
+    description="groups (images sharing a class, CoSOD folders, DAVIS frames) -> DCFM or the single-image "
+    "baseline -> saliency maps (PNG) + Sα / Fβ / Eξ / MAE",
+    stages=(
+        Stage("cosal", "cosal", _cosal, reads=("data",)),
+        Stage("eval-cosal", "eval/cosal", _eval_cosal, reads=("cosal", "data"), skippable=False),
+    ),
+    report=False,
+)
+
 PLANNED: dict[str, str] = {
     "scribble": "scribbles -> segmenter (DFR)",
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
-    "co-saliency": "groups sharing a salient object (DCFM)",
     "video": "first-frame box -> object masks (FTMU)",
 }
 """task slots whose methods are not implemented yet: named by ``--task``, refused with this description"""

@@ -6,6 +6,8 @@
 - ``weclip``: WeCLIP, frozen CLIP + decoder on online pseudo labels, CVPR 2024 (:mod:`weakseg.methods.weclip`)
 - ``abd``, ``cross-teaching``, ``supervised-only``: semi-supervised medical segmentation, ABD CVPR 2024
   and its baselines (:mod:`weakseg.methods.abd`)
+- ``dcfm``, ``single-saliency``: co-salient object detection, DCFM CVPR 2022, and its single-image
+  baseline (:mod:`weakseg.methods.dcfm`)
 - ``scwssod``, ``sod-pce``, ``sod-full``: scribble salient-object detection, SCWSSOD AAAI 2021, and its
   partial-BCE and fully supervised baselines (:mod:`weakseg.methods.scwssod`)
 - ``a2gnn``: A2GNN, box-supervised pseudo labels, TPAMI 2021 (:mod:`weakseg.methods.a2gnn`)
@@ -14,7 +16,7 @@ Adding a method: one module with a :class:`~weakseg.methods.base.Method` subclas
 :func:`~weakseg.methods.base.register_method`, imported below (see ``docs/extending.md``).
 """
 
-from weakseg.methods import a2gnn, abd, cam, clip_es, mcis, scwssod, weclip  # noqa: F401  (registers the methods)
+from weakseg.methods import a2gnn, abd, cam, clip_es, dcfm, mcis, scwssod, weclip  # noqa: F401  (registers the methods)
 from weakseg.methods.base import METHODS, Method, create_method, get_method_class, register_method
 
 __all__ = ["METHODS", "Method", "create_method", "get_method_class", "register_method"]
