@@ -242,6 +242,9 @@ def pyramid(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
     EfficientNet-Lite (built at output stride 32): blocks 1, 2, 4, 6 (strides 4, 8, 16, 32; 24/40/112/320 ch for
     Lite0). ``tiny``: its four conv blocks (strides 2, 4, 8, 16 at output stride 16).
     """
+    if not isinstance(backbone, (EfficientNetLiteBackbone, TinyBackbone)):
+        raise ConfigError(f"SCWSSOD needs multi-level features; backbone {type(backbone).__name__} does not give them "
+                          "(use efficientnet-lite0 or tiny)")  # fmt: skip
     x = (x - backbone.mean) / backbone.std
     if isinstance(backbone, EfficientNetLiteBackbone):
         net, feats = backbone.net, []
@@ -251,14 +254,11 @@ def pyramid(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
             if i in (1, 2, 4, 6):
                 feats.append(h)
         return feats
-    if isinstance(backbone, TinyBackbone):
-        feats = []
-        for block in backbone.body:
-            x = block(x)
-            feats.append(x)
-        return feats
-    raise ConfigError(f"SCWSSOD needs multi-level features; backbone {type(backbone).__name__} does not give them "
-                      "(use efficientnet-lite0 or tiny)")  # fmt: skip
+    feats = []
+    for block in backbone.body:  # TinyBackbone
+        x = block(x)
+        feats.append(x)
+    return feats
 
 
 class SCWSSODNet(nn.Module):
