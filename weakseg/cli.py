@@ -27,9 +27,11 @@ from weakseg.stages.eval_cams import EvalCamsConfig, eval_cams
 from weakseg.stages.eval_seg import EvalSegConfig, eval_seg
 from weakseg.stages.eval_volumes import EvalVolumesConfig, eval_volumes
 from weakseg.stages.evaluate import EvalConfig, evaluate_folders
+from weakseg.stages.fewshot import FewShotEvalConfig, FewShotTrainConfig, fewshot_eval, fewshot_train
 from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 from weakseg.stages.predict import PredictConfig, predict_images
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
+from weakseg.stages.select import SelectConfig, select
 from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, train_cls
 from weakseg.stages.train_saliency import (
@@ -103,6 +105,10 @@ def _clip_commands() -> dict[str, tuple[type, Callable]]:
     return {"pretrain": (ClipPretrainConfig, clip_pretrain)}
 
 
+def _fewshot_commands() -> dict[str, tuple[type, Callable]]:
+    return {"train": (FewShotTrainConfig, fewshot_train), "eval": (FewShotEvalConfig, _print_result(fewshot_eval))}
+
+
 def _commands() -> dict[str, tuple[type, Callable]]:
     return {
         "train-cls": (TrainClsConfig, train_cls),
@@ -112,6 +118,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "train-aff": (TrainAffinityConfig, train_affinity),
         "pseudo": (PseudoConfig, _print_result(make_pseudo)),
         "box-pseudo": (BoxPseudoConfig, _print_result(make_box_pseudo)),
+        "select": (SelectConfig, _print_select(select)),
         "train-seg": (TrainSegConfig, train_seg),
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
         "predict": (PredictConfig, predict_images),
@@ -136,6 +143,17 @@ def _print_result(fn: Callable) -> Callable:
                 if key in result:
                     print(f"{key}: {result[key]}")
         return result
+
+    return wrapped
+
+
+def _print_select(fn: Callable) -> Callable:
+    def wrapped(cfg):
+        s = fn(cfg)
+        d = s["dropped"]
+        print(f"kept {s['kept']} of {s['images']} pairs; dropped {d['pcs']} by PCS, {d['asf']} by ASF, "
+              f"{d['no_class']} without a class; {cfg.out}/kept.txt, report.md")  # fmt: skip
+        return s
 
     return wrapped
 
@@ -231,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
             fn, cfg = _parse(_data_commands(), argv[1:], "weakseg data")
         elif argv and argv[0] == "clip":
             fn, cfg = _parse(_clip_commands(), argv[1:], "weakseg clip")
+        elif argv and argv[0] == "fewshot":
+            fn, cfg = _parse(_fewshot_commands(), argv[1:], "weakseg fewshot")
         else:
             commands = _commands()
             # `weakseg --help` lists `data` too (its sub-commands: synth, build-labels, check, download)
@@ -248,6 +268,7 @@ def _print_help(commands: dict[str, tuple[type, Callable]]) -> None:
     print("usage: weakseg <command> [options]   (weakseg <command> --help for its options)\n\ncommands:")
     rows = [("data", "Datasets: synth | build-labels | check | download (weakseg data --help).")]
     rows.append(("clip", "CLIP models: pretrain (the embedded toy CLIP; weakseg clip --help)."))
+    rows.append(("fewshot", "Few-shot segmentation: train | eval (SCL, PI-CLIP prior; weakseg fewshot --help)."))
     for name, (typ, _) in commands.items():
         rows.append((name, (typ.__doc__ or "").strip().splitlines()[0]))
     for name, doc in rows:
