@@ -34,6 +34,7 @@ from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.select import SelectConfig, select
 from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, train_cls
+from weakseg.stages.train_cosal import EvalCosalConfig, TrainCosalConfig, eval_cosal, train_cosal
 from weakseg.stages.train_saliency import (
     PredictSaliencyConfig,
     TrainSaliencyConfig,
@@ -123,6 +124,8 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
         "predict": (PredictConfig, predict_images),
         "train-semi": (TrainSemiConfig, train_semi),
+        "train-cosal": (TrainCosalConfig, train_cosal),
+        "eval-cosal": (EvalCosalConfig, _print_result(eval_cosal)),
         "train-saliency": (TrainSaliencyConfig, train_saliency),
         "predict-saliency": (PredictSaliencyConfig, _print_result(predict_saliency_maps)),
         "eval-volumes": (EvalVolumesConfig, _print_result(eval_volumes)),

@@ -214,6 +214,7 @@ def eval_cosal(cfg: EvalCosalConfig) -> dict:
         "predict_seconds": round(seconds, 2),
         "metric_names": {k: get_metric(k).description for k in ("smeasure", "fmeasure", "emeasure", "mae")},
     }
+    result["table"] = _table(result)
     save_json(out / "metrics.json", result)
     mark_done(out, {"smeasure": result["metrics"]["smeasure"], "max_fmeasure": result["metrics"]["max_fmeasure"],
                     "mae": result["metrics"]["mae"]})  # fmt: skip
@@ -226,6 +227,17 @@ def _short(meter: SaliencyMeter) -> dict[str, float]:
     r = meter.results()
     keys = ("smeasure", "max_fmeasure", "mean_fmeasure", "max_emeasure", "mae")
     return {k: round(r[k], 5) for k in keys}
+
+
+def _table(result: dict) -> str:
+    """Per-target and overall Sα / max Fβ / max Eξ / MAE as a small markdown table."""
+    rows = ["| target | Sα | max Fβ | max Eξ | MAE |", "|---|---|---|---|---|"]
+    items = [*result["per_target"].items(), ("**all**", result["metrics"])]
+    for name, m in items:
+        rows.append(
+            f"| {name} | {m['smeasure']:.4f} | {m['max_fmeasure']:.4f} | {m['max_emeasure']:.4f} | {m['mae']:.4f} |"
+        )
+    return "\n".join(rows)
 
 
 def describe_groups(gl: GroupLabels) -> dict:
