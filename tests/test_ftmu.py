@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from weakseg.methods.ftmu import (
     paste_masks,
     train_agent_episode,
 )
+from weakseg.pipeline import RunConfig, run
 from weakseg.refine.tracking import (
     a2c_losses,
     box_iou,
@@ -40,7 +42,17 @@ from weakseg.refine.tracking import (
     match_by_iou,
     search_region,
 )
-from weakseg.stages.track import TrackConfig, TrainAgentConfig, TrainProposerConfig, track, train_agent, train_proposer
+from weakseg.stages.track import (
+    TrackConfig,
+    TrackOptions,
+    TrainAgentConfig,
+    TrainAgentOptions,
+    TrainProposerConfig,
+    TrainProposerOptions,
+    track,
+    train_agent,
+    train_proposer,
+)
 
 # ---------------------------------------------------------------------------- pure pieces
 
@@ -211,8 +223,6 @@ def test_template_drifts_without_update_and_follows_with_it():
 def test_agent_actions_drive_the_template():
     frames, gt, dis = _toy_video()
     cfg = PRESETS["tiny"]
-    import dataclasses
-
     iou_only = dataclasses.replace(cfg, appearance_after=0)
     upd = StubTracker(gt, dis, _fixed_agent(UPDATE), iou_only).run(frames, mask_box(gt[0]), "agent", gt=gt)
     keep = StubTracker(gt, dis, _fixed_agent(KEEP), iou_only).run(frames, mask_box(gt[0]), "agent", gt=gt)
@@ -226,8 +236,6 @@ def test_agent_actions_drive_the_template():
 
 def test_a2c_learns_to_update_on_the_toy_video():
     """With the template-IoU in the state, A2C must learn that updating pays (rewards come later)."""
-    import dataclasses
-
     torch.manual_seed(0)
     frames, gt, dis = _toy_video(T=10, size=48)
     cfg = dataclasses.replace(PRESETS["tiny"], appearance_after=0, lr_actor=3e-2, lr_critic=3e-2, entropy=0.0)
@@ -319,3 +327,18 @@ def test_stages_train_and_track_end_to_end(tmp_path):
     assert saved["modes"]["agent"]["jf"] == pytest.approx(res["modes"]["agent"]["jf"])
     assert len(list(Path(tmp_path / "t" / "masks" / "agent" / "v12").glob("*.png"))) == 4
     assert (tmp_path / "t" / "DONE").exists()
+
+
+def test_weakseg_run_task_video(tmp_path):
+    davis = tmp_path / "davis"
+    for s in (21, 22):
+        write_davis(make_video(SynthVideoConfig(frames=4, height=48, width=64), s, name=f"v{s}"), davis)
+    cfg = RunConfig(out=tmp_path / "run", data=davis, task="video", method="ftmu", device="cpu",
+                    proposer=TrainProposerOptions(preset="tiny", synth_videos=1),
+                    agent=TrainAgentOptions(synth_videos=1, davis_sequences=("v21",), width=64),
+                    track=TrackOptions(width=64, modes=("propagate", "agent")))  # fmt: skip
+    summary = run(cfg)
+    assert summary["video"]["sequences"] == ["v22"]
+    assert set(summary["video"]) == {"sequences", "propagate", "agent"}
+    with pytest.raises(ConfigError, match="does not run task"):
+        run(dataclasses.replace(cfg, method="mcis"))

@@ -32,6 +32,7 @@ from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 from weakseg.stages.predict import PredictConfig, predict_images
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
 from weakseg.stages.select import SelectConfig, select
+from weakseg.stages.track import TrackConfig, TrainAgentConfig, TrainProposerConfig, track, train_agent, train_proposer
 from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, train_cls
 from weakseg.stages.train_cosal import EvalCosalConfig, TrainCosalConfig, eval_cosal, train_cosal
@@ -129,6 +130,9 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "train-saliency": (TrainSaliencyConfig, train_saliency),
         "predict-saliency": (PredictSaliencyConfig, _print_result(predict_saliency_maps)),
         "eval-volumes": (EvalVolumesConfig, _print_result(eval_volumes)),
+        "train-proposer": (TrainProposerConfig, train_proposer),
+        "train-agent": (TrainAgentConfig, train_agent),
+        "track": (TrackConfig, _print_result(track)),
         "eval": (EvalConfig, _eval),
         "run": (RunConfig, _run),
         "demo": (DemoConfig, _demo),

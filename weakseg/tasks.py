@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weakseg.data.davis import is_davis
 from weakseg.data.registry import open_dataset
 from weakseg.data.synthetic import SynthConfig, generate
 from weakseg.engine.artifacts import is_done, mark_done
@@ -28,6 +29,18 @@ from weakseg.stages.eval_seg import EvalSegConfig, EvalSegOptions, eval_seg
 from weakseg.stages.eval_volumes import EvalVolumesConfig, EvalVolumesOptions, eval_volumes
 from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
+from weakseg.stages.track import (
+    TrackConfig,
+    TrackOptions,
+    TrainAgentConfig,
+    TrainAgentOptions,
+    TrainProposerConfig,
+    TrainProposerOptions,
+    synthetic_davis,
+    track,
+    train_agent,
+    train_proposer,
+)
 from weakseg.stages.train_aff import TrainAffinityConfig, TrainAffinityOptions, train_affinity
 from weakseg.stages.train_cls import TrainClsConfig, TrainClsOptions, train_cls
 from weakseg.stages.train_cosal import (
@@ -66,6 +79,9 @@ class RunOptions:
     eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
     semi: TrainSemiOptions = field(default_factory=TrainSemiOptions)
     eval_volumes: EvalVolumesOptions = field(default_factory=EvalVolumesOptions)
+    proposer: TrainProposerOptions = field(default_factory=TrainProposerOptions)
+    agent: TrainAgentOptions = field(default_factory=TrainAgentOptions)
+    track: TrackOptions = field(default_factory=TrackOptions)
     cosal: TrainCosalOptions = field(default_factory=TrainCosalOptions)
     eval_cosal: EvalCosalOptions = field(default_factory=EvalCosalOptions)
     saliency: TrainSaliencyOptions = field(default_factory=TrainSaliencyOptions)
@@ -380,10 +396,41 @@ TASKS["co-saliency"] = Task(
     report=False,
 )
 
+
+def _proposer(ctx: RunContext) -> Path:
+    return train_proposer(ctx.config(ctx.opts.proposer, TrainProposerConfig, "proposer"))
+
+
+def _agent(ctx: RunContext) -> Path:
+    return train_agent(ctx.config(ctx.opts.agent, TrainAgentConfig, "agent", proposer_dir=ctx.out / "proposer"))
+
+
+def _track(ctx: RunContext) -> dict:
+    """Every tracker mode on the DAVIS folder --data (or, without one, on synthetic videos in OUT/videos)."""
+    data = ctx.data if is_davis(ctx.data) else synthetic_davis(ctx.out / "videos", seed=ctx.seed)
+    cfg = ctx.config(ctx.opts.track, TrackConfig, "track", data=data, proposer_dir=ctx.out / "proposer",
+                     agent_dir=ctx.out / "agent")  # fmt: skip
+    result = track(cfg)
+    ctx.summary["video"] = {"sequences": result["sequences"], **result["modes"]}
+    return result
+
+
+TASKS["video"] = Task(
+    "video",
+    supervision="the first frame's box of each object (box-initialised video object segmentation)",
+    description="box-mask proposer (coco128-seg instances + synthetic shapes) -> A2C template-update agent "
+    "(synthetic videos + DAVIS train sequences) -> tracking + J / F / J&F / fps per mode (FTMU)",
+    stages=(
+        Stage("proposer", "proposer", _proposer, reads=("data",)),
+        Stage("agent", "agent", _agent, reads=("proposer", "data")),
+        Stage("track", "track", _track, reads=("proposer", "agent", "data"), skippable=False),
+    ),
+    report=False,
+)
+
 PLANNED: dict[str, str] = {
     "scribble": "scribbles -> segmenter (DFR)",
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
-    "video": "first-frame box -> object masks (FTMU)",
 }
 """task slots whose methods are not implemented yet: named by ``--task``, refused with this description"""
 

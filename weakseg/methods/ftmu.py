@@ -280,7 +280,7 @@ class ProposerCrops(Dataset):
         cx, cy = (box[0] + box[2]) / 2 + j[0] * w, (box[1] + box[3]) / 2 + j[1] * h
         w, h = w * math.exp(j[2]), h * math.exp(j[3])
         window = crop_box(np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), c.context)
-        img = torch.from_numpy(inst.image).permute(2, 0, 1).float() / 255
+        img = torch.tensor(inst.image).permute(2, 0, 1).float() / 255
         both = torch.cat([img, torch.from_numpy(inst.mask)[None].float()])
         crop = crop_frames(both, window[None], c.crop_size)[0]
         if torch.rand(()) < 0.5:

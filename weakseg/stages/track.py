@@ -30,7 +30,7 @@ from weakseg.data.davis import is_davis, list_sequences, load_clip, open_sequenc
 from weakseg.data.images import load_rgb
 from weakseg.data.palette import save_mask_png
 from weakseg.data.synthetic_video import PRESETS as VIDEO_PRESETS
-from weakseg.data.synthetic_video import TARGET, make_videos
+from weakseg.data.synthetic_video import TARGET, make_videos, write_davis
 from weakseg.data.yolo import rasterise
 from weakseg.data.yolo import scan as yolo_scan
 from weakseg.engine.artifacts import load_json, mark_done, save_json
@@ -394,6 +394,23 @@ def track(cfg: TrackConfig) -> dict:
               "step": cfg.step, "proposer_forward_s": fwd_s, "proposer_fps": 1 / fwd_s, "modes": summary,
               "per_sequence": per_seq, "masks_read": "DAVIS annotations of the evaluation sequences, to score only "
               "(frame 0's mask gives the box)"}  # fmt: skip
+    result["table"] = "\n".join(
+        [f"{'mode':14s}     J     F   J&F    fps"]
+        + [
+            f"{m:14s} {100 * s['j']:5.1f} {100 * s['f']:5.1f} {100 * s['jf']:5.1f} {s['fps']:6.1f}"
+            for m, s in summary.items()
+        ]
+    )
     save_json(out / "metrics.json", result)
     mark_done(out)
     return result
+
+
+def synthetic_davis(folder: str | Path, n: int = 4, seed: int = 0) -> Path:
+    """``n`` synthetic videos in the DAVIS layout under ``folder`` (skipped when already there): the video
+    task's evaluation data when no DAVIS folder is given."""
+    folder = Path(folder)
+    if not is_davis(folder):
+        for v in make_videos(VIDEO_PRESETS["default"], n, 30_000 + seed):
+            write_davis(v, folder)
+    return folder
