@@ -23,6 +23,7 @@ import torch
 
 from weakseg.data.dense import TargetImages
 from weakseg.data.joint_transforms import train_transform
+from weakseg.data.keep import id_list_digest, keep_subset
 from weakseg.data.palette import read_mask_png
 from weakseg.data.registry import open_dataset
 from weakseg.engine import dist
@@ -67,6 +68,8 @@ class TrainSegConfig(TrainSegOptions, DataInput, StageOutput):
     """folder of pseudo-label PNGs ``<image_id>.png`` (the pseudo stage's output); for supervision=pseudo"""
     supervision: str = "pseudo"
     """pseudo: train on the ``labels`` PNGs; full: on the ground-truth masks (the upper bound)"""
+    keep: Path | None = None
+    """file of image ids, one per line (e.g. `weakseg select`'s kept.txt): train on these images of the split only"""
     seed: int = 0
 
     def check(self) -> None:
@@ -86,6 +89,8 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     ds = open_dataset(cfg.data, split=cfg.split, fmt=cfg.fmt)
     if len(ds) == 0:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no images")
+    if cfg.keep is not None:
+        ds = keep_subset(ds, cfg.keep)
     labels = None
     if cfg.supervision == "pseudo":
         labels = Path(cfg.labels)  # type: ignore[arg-type]
@@ -93,6 +98,9 @@ def train_seg(cfg: TrainSegConfig) -> Path:
     class_names = segmentation_class_names(ds.class_names)
     record = stage_record(cfg, drop=("device", "overwrite", "out", "workers"))
     record["train"].pop("workers", None)
+    record.pop("keep")  # absent unless given, so folders made before the option existed still match
+    if cfg.keep is not None:
+        record["keep"] = {"ids": len(ds), "digest": id_list_digest([r.image_id for r in ds.records])}
     meta = {"arch": cfg.arch, "num_classes": len(class_names), "class_names": list(class_names)}
     device = resolve_device(cfg.device)
     dist.init_distributed(device)  # before begin_stage: only the main process may write the folder
