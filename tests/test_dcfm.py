@@ -17,6 +17,7 @@ from weakseg.cams.democratic import (
     democratic_seeds,
     democratic_votes,
     group_affinity,
+    rank_attention,
     rank_weights,
 )
 from weakseg.data.groups import (
@@ -97,6 +98,18 @@ def test_rank_weights_by_hand():
     # positives ranked 2 > 1 > 0.5 -> ranks 0, 1, 2 -> weights 1, 8, 27; non-positive -> 1
     assert rank_weights(row).tolist() == [[1.0, 1.0, 27.0, 8.0, 1.0]]
     assert rank_weights(row, power=1.0).tolist() == [[1.0, 1.0, 3.0, 2.0, 1.0]]
+
+
+def test_rank_attention_by_hand():
+    # one image, C = 1, three positions: logits L[p, q] = q_p k_q with q = k = (1, -1, 2)
+    q = torch.tensor([1.0, -1.0, 2.0]).view(1, 1, 1, 3)
+    v = torch.tensor([10.0, 20.0, 30.0]).view(1, 1, 1, 3)
+    logits = torch.tensor([[1.0, -1, 2], [-1, 1, -2], [2, -2, 4]])
+    w = torch.tensor([[8.0, 1, 1], [1, 1, 1], [8, 1, 1]])  # rows 0 and 2: two positives (ranks 0, 1); row 1: one
+    att = torch.softmax(logits, 1) * w
+    expected = att @ v.flatten()
+    assert torch.allclose(rank_attention(q, q, v).flatten(), expected)
+    assert torch.allclose(rank_attention(q, q, v, renormalise=True).flatten(), expected / att.sum(1))
 
 
 # ---------------------------------------------------------------------------- losses

@@ -112,13 +112,19 @@ def rank_weights(logits: torch.Tensor, power: float = 3.0) -> torch.Tensor:
     return torch.where(positive, (rank + 1) ** power, torch.ones_like(logits))
 
 
-def rank_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, power: float = 3.0) -> torch.Tensor:
+def rank_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, power: float = 3.0, renormalise: bool = False
+) -> torch.Tensor:
     """DFE's per-image attention: ``q, k, v [B, C, H, W]`` → ``(softmax(L) ⊙ rank_weights(L)) · V`` ``[B, C, H, W]``.
 
-    ``L = Qᵀ K / √C`` over the positions of each image; no renormalisation after the weighting (as DCFM).
+    ``L = Qᵀ K / √C`` over the positions of each image. DCFM does not renormalise after the weighting, so a
+    row's weights sum to up to ``Σ_r r³ / HW`` (about 4,000 on an 8×8 grid with half the logits positive);
+    ``renormalise`` divides each row by its sum, keeping the re-ranking but not the change of scale.
     """
     b, c, h, w = q.shape
     logits = q.flatten(2).transpose(1, 2) @ k.flatten(2) / math.sqrt(c)  # [B, HW, HW]
     att = torch.softmax(logits, dim=-1) * rank_weights(logits.detach(), power)
+    if renormalise:
+        att = att / att.sum(dim=-1, keepdim=True)
     out = att @ v.flatten(2).transpose(1, 2)  # [B, HW, C]
     return out.transpose(1, 2).reshape(b, c, h, w)

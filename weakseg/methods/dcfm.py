@@ -81,6 +81,8 @@ class DCFMConfig:
     """weight of the self-contrastive loss"""
     dfe_power: float = 3.0
     """exponent of the rank weights of the feature enhancement (DCFM: 3)"""
+    dfe_renormalise: bool = True
+    """divide each row of the rank-weighted attention by its sum (DCFM: no; its weights sum to thousands)"""
     grad_clip: float = 5.0
     """gradient-norm clip (0 = none); the rank weights can make early gradients large"""
     jitter: Jitter = field(default_factory=Jitter)
@@ -96,7 +98,7 @@ class DCFMConfig:
 
 
 PAPER = DCFMConfig(input_size=224, group_size=16, eval_group_size=64, channels=512, epochs=200, lr=1e-4,
-                   backbone_lr=1e-5, frozen_stages=6, grad_clip=0.0)  # fmt: skip
+                   backbone_lr=1e-5, frozen_stages=6, grad_clip=0.0, dfe_renormalise=False)  # fmt: skip
 """DCFM's recipe: 224 px, ≤ 16 images per group, 200 epochs, Adam 1e-4 (backbone 1e-5), wd 1e-4"""
 
 PRESETS: dict[str, DCFMConfig] = {
@@ -133,9 +135,9 @@ class DemocraticPrototype(nn.Module):
 class FeatureEnhancement(nn.Module):
     """DFE: ``x = ReLU(conv(X))``; ``x + rank_attention(Q(x), K(x), V(x))`` per image."""
 
-    def __init__(self, channels: int, power: float):
+    def __init__(self, channels: int, power: float, renormalise: bool):
         super().__init__()
-        self.power = power
+        self.power, self.renormalise = power, renormalise
         self.inp = _conv(channels, channels, relu=True)
         self.query = nn.Sequential(_conv(channels, channels), _conv(channels, channels))
         self.key = nn.Sequential(_conv(channels, channels), _conv(channels, channels))
@@ -143,7 +145,7 @@ class FeatureEnhancement(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         x = self.inp(feat)
-        return x + rank_attention(self.query(x), self.key(x), self.value(x), self.power)
+        return x + rank_attention(self.query(x), self.key(x), self.value(x), self.power, self.renormalise)
 
 
 class DCFMNet(nn.Module):
@@ -155,7 +157,7 @@ class DCFMNet(nn.Module):
         self.backbone, self.group = backbone, group
         self.reduce = _conv(backbone.out_channels, c, relu=True)
         self.dpg = DemocraticPrototype(c) if group else None
-        self.dfe = FeatureEnhancement(c, cfg.dfe_power)
+        self.dfe = FeatureEnhancement(c, cfg.dfe_power, cfg.dfe_renormalise)
         self.top = nn.Sequential(_conv(c, 64, relu=True), _conv(64, 64))
         self.coarse = nn.Sequential(_conv(64, 64, 3, relu=True), _conv(64, 1))
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 32, 3, 2, 1),
