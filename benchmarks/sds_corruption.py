@@ -9,7 +9,8 @@ Steps (each skipped when its output is complete, so the script can be rerun or c
    of the 8 corruptions, 4 of the image, 4 of the mask);
 4. ``weakseg select`` (SDS) on the corrupted train split → kept.txt and per-sample scores;
 5. precision / recall of the dropped samples against the manifest, per corruption type, plus each score's ranking
-   AUC (clean vs each corruption type) for both PCS and both ASF variants;
+   AUC (clean vs each corruption type) for both PCS and both ASF variants, and the selection each variant pair
+   would make from the same scores;
 6. ``weakseg train-seg --supervision full`` on the kept ids, on all ids, and on a seeded random subset of the same
    size as the kept one (same architecture, epochs and seed), then ``weakseg eval-seg`` on the clean val split.
 
@@ -23,17 +24,22 @@ repository root::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from weakseg.data.corrupt import CORRUPTIONS, corrupt_dataset
+from weakseg.data.registry import open_dataset
+from weakseg.methods.sds import CAM_WEIGHTS, PCS_SCORES, SDSConfig
+from weakseg.stages.select import decide
 
 
 def sh(cmd: list[str], log: list[dict]) -> float:
@@ -140,6 +146,17 @@ def main() -> None:
         "selection": selection_metrics(rows, manifest["corrupted"]),
         "clip_metrics": json.loads((Path(clip) / "metrics.json").read_text()).get("zero_shot", {}),
     }
+    # the other score variants, decided from the same scores (no second CLIP pass)
+    sds = SDSConfig(**{k: v for k, v in result["select"]["sds"].items()})
+    names = open_dataset(corrupt, "train").class_names
+    result["variants"] = {}
+    for ps, cw in itertools.product(PCS_SCORES, CAM_WEIGHTS):
+        alt = [{**r, "pcs": r["pcs_variants"][ps], "asf": r["asf_variants"][cw]} for r in rows]
+        decide(alt, replace(sds, pcs_score=ps, cam_weight=cw), names)
+        m = selection_metrics(alt, manifest["corrupted"])
+        result["variants"][f"pcs={ps},asf={cw}"] = {
+            k: m[k] for k in ("dropped", "precision", "recall", "clean_dropped_share")
+        } | {"recall_per_type": {t: v["recall"] for t, v in m["per_type"].items()}}
     a.results.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sel / "scores.csv", a.results / "scores.csv")
     if a.stop_after == "seg":

@@ -206,8 +206,8 @@ def report_markdown(rows: list[dict], summary: dict, sds: SDSConfig) -> str:
     """A readable report: counts, the cuts, per-class quotas, and every dropped sample with its reason."""
     d = summary["dropped"]
     pcs = summary["pcs"]
-    rule = (f"PCS > {sds.pcs_threshold} nats" if sds.pcs_rule == "threshold"
-            else f"the lowest {sds.pcs_drop:.0%} by PCS dropped (cut {pcs['cut']:.4g} nats)")  # fmt: skip
+    rule = (f"PCS > {sds.pcs_threshold}" if sds.pcs_rule == "threshold"
+            else f"the lowest {sds.pcs_drop:.0%} by PCS dropped (cut {pcs['cut']:.4g})")  # fmt: skip
     lines = [
         "# SDS selection report",
         "",
@@ -215,8 +215,13 @@ def report_markdown(rows: list[dict], summary: dict, sds: SDSConfig) -> str:
         f"{d['pcs']} by PCS (image quality), {d['asf']} by ASF (annotation quality), {d['no_class']} with no "
         "foreground class in the mask.",
         "",
-        f"- PCS: |H(p) - H(p_shuffled)| over [annotated classes + background words], {sds.grid}x{sds.grid} cells, "
-        f"seed {sds.seed}; rule: {rule}; {pcs['survivors']} survivors.",
+        f"- PCS ({sds.pcs_score}): "
+        + (
+            "|H(p) - H(p_shuffled)| over [annotated classes + background words]"
+            if sds.pcs_score == "entropy"
+            else "1 - cosine of the CLIP embeddings of the image and its shuffled copy"
+        )
+        + f", {sds.grid}x{sds.grid} cells, seed {sds.seed}; rule: {rule}; {pcs['survivors']} survivors.",
         f"- ASF: pooled IoU of the mask with the CLIP pseudo mask (cam_weight={sds.cam_weight}); class-balanced quota: "
         f"each class keeps its best ceil({sds.asf_keep} x n) PCS survivors.",
         "",
