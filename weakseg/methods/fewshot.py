@@ -65,11 +65,11 @@ PRIORS = ("visual", "clip", "visual+clip", "none")
 class FewShotConfig:
     """Every knob of the few-shot methods (``weakseg fewshot train --set key=value``)."""
 
-    input_size: int = 128
-    """side (px) of the square input of support and query images"""
+    input_size: int = 96
+    """side (px) of the square input of support and query images (SCL: 473)"""
     output_stride: int = 8
     """backbone output stride (SCL: 8)"""
-    hidden: int = 64
+    hidden: int = 32
     """channels of the reduced features and the decoder (SCL: 256)"""
     bins: tuple[float, ...] = (1.0, 0.5)
     """pyramid scales of the SCL decoder as fractions of the feature map (SCL on COCO: 1, 1/2, 1/4, 1/8)"""
@@ -87,9 +87,9 @@ class FewShotConfig:
     """K-shot inference of SCL: weight the supports by how well they segment each other (off: average the support
     vectors and priors, PFENet's K-shot)"""
     # training
-    epochs: int = 6
+    epochs: int = 4
     """training epochs (each ``episodes_per_epoch`` episodes; the best on the validation episodes is kept)"""
-    episodes_per_epoch: int = 800
+    episodes_per_epoch: int = 320
     batch_size: int = 8
     """episodes per step"""
     lr: float = 2.5e-3
@@ -98,14 +98,14 @@ class FewShotConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.15
     """fraction of the training images held out for validation episodes (training classes only)"""
-    val_episodes: int = 200
+    val_episodes: int = 100
     """fixed 1-shot validation episodes scored after each epoch (checkpoint selection)"""
     # PI-CLIP prior
     clip_weights: str = ""
     """CLIP for the clip prior: a `weakseg clip pretrain` folder (toy) or a ViT-B-16.pt path"""
     clip_model: str = ""
     """open_clip model name of clip_weights (empty: OpenAI layout or a clip pretrain folder)"""
-    clip_input: int = 128
+    clip_input: int = 96
     """side (px) of the CLIP input, rounded down to the patch size (PI-CLIP: the query's own size, /16)"""
     clip_template: str = "a photo of {}."
     clip_without_template: str = "a photo without {}."
@@ -162,17 +162,16 @@ class FeatureLevels(nn.Module):
         super().__init__()
         if isinstance(backbone, EfficientNetLiteBackbone):
             self.kind = "lite"
-            chans = [int(b[-1].conv_pwl.out_channels) for b in backbone.net.blocks]
-            self.mid_channels, self.high_channels = chans[2] + chans[4], chans[6]
         elif isinstance(backbone, TinyBackbone):
             self.kind = "tiny"
-            self.mid_channels, self.high_channels = 2 * backbone.out_channels, backbone.out_channels
         else:
             raise ConfigError(
                 "few-shot methods read mid/high features from the efficientnet-lite0 or tiny backbone, not "
                 f"{type(backbone).__name__}"
             )
         self.backbone = backbone.eval().requires_grad_(False)
+        mid, high = self(torch.zeros(1, 3, 32, 32))  # channel counts from a dry run
+        self.mid_channels, self.high_channels = int(mid.shape[1]), int(high.shape[1])
 
     def train(self, mode: bool = True) -> FeatureLevels:
         super().train(mode)
@@ -434,10 +433,10 @@ class SCLNet(FewShotNet):
         v1 = vpri[:, :, None].expand(b, k, k, c).flatten(0, 2)
         v2 = vaux[:, :, None].expand(b, k, k, c).flatten(0, 2)
         logits, _ = self.decoder(f, v1, v2, None, query=False)
-        size = s_target.shape[-2:]
-        pred = F.interpolate(logits, size=size, mode="bilinear", align_corners=True).argmax(1)
-        tgt = s_target[:, None].expand(b, k, k, *size).flatten(0, 2)
-        scores = binary_miou(pred, tgt).reshape(b, k, k)
+        # scored at the feature size (the support masks resized nearest): K² support passes are the module's cost
+        small = F.interpolate(s_target.float(), size=(h, w), mode="nearest").to(s_target.dtype)
+        tgt = small[:, None].expand(b, k, k, h, w).flatten(0, 2)
+        scores = binary_miou(logits.argmax(1), tgt).reshape(b, k, k)
         return torch.stack([cross_guided_weights(scores[i]) for i in range(b)])
 
 

@@ -16,6 +16,8 @@ Methods and maths: :mod:`weakseg.methods.fewshot`, :mod:`weakseg.cams.fewshot`; 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save
 
 from weakseg.backbones import create_backbone
 from weakseg.config import apply_overrides, config_from_dict
@@ -42,13 +45,13 @@ from weakseg.data.episodes import (
 )
 from weakseg.data.registry import open_dataset
 from weakseg.data.transforms import to_tensor
-from weakseg.engine.artifacts import load_json, mark_done, save_json
+from weakseg.engine.artifacts import atomic_write_bytes, load_json, mark_done, save_json
 from weakseg.engine.checkpoint import load_model, save_model
 from weakseg.engine.device import resolve_device, seed_everything
 from weakseg.engine.stage import begin_stage, stage_meta, stage_record
 from weakseg.errors import ConfigError, unknown_name
 from weakseg.eval.fewshot import FewShotMeter
-from weakseg.methods.clip_es import load_clip_weights
+from weakseg.methods.clip_es import file_digest, load_clip_weights, resolve_clip_weights
 from weakseg.methods.fewshot import (
     PRESETS,
     ClipPrior,
@@ -89,6 +92,8 @@ class FewShotTrainConfig(DataInput, StageOutput):
     min_area: float = SHABAN_AREA
     """smallest area (fraction of the image) of a class for an image to serve its episodes (2·32·32 / 473²)"""
     seed: int = 0
+    feature_cache: Path | None = None
+    """folder of cached frozen-backbone features and CLIP priors, shared by runs (keyed by backbone, size, data)"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,16 +116,42 @@ class FewShotEvalConfig(StageOutput):
     """KEY=VALUE overrides of inference options, e.g. cross_guided=false"""
     batch_size: int = 16
     """episodes per forward pass"""
+    feature_cache: Path | None = None
+    """folder of cached frozen-backbone features and CLIP priors, shared by runs (keyed by backbone, size, data)"""
 
 
 # ---------------------------------------------------------------------------------------------------- features
 
 
-class EpisodeData:
-    """Cached features, resized masks and (lazily) CLIP priors of the images of one split."""
+def _cache_folder(root: Path | None, what: dict) -> Path | None:
+    if root is None:
+        return None
+    key = hashlib.blake2b(json.dumps(what, sort_keys=True, default=str).encode(), digest_size=10).hexdigest()
+    folder = Path(root) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(folder / "key.json", what)
+    return folder
 
-    def __init__(self, ds, levels: FeatureLevels, size: int, device: torch.device, clip: ClipPrior | None = None):
+
+class EpisodeData:
+    """Cached features, resized masks and (lazily) CLIP priors of the images of one split.
+
+    ``feature_dir`` / ``prior_dir``: folders (from :func:`_cache_folder`) where features and priors are kept as
+    safetensors between runs; None keeps them in memory only.
+    """
+
+    def __init__(
+        self,
+        ds,
+        levels: FeatureLevels,
+        size: int,
+        device: torch.device,
+        clip: ClipPrior | None = None,
+        feature_dir: Path | None = None,
+        prior_dir: Path | None = None,
+    ):
         self.ds, self.levels, self.size, self.device, self.clip = ds, levels, size, device, clip
+        self.feature_dir, self.prior_dir = feature_dir, prior_dir
         self.mid: dict[int, torch.Tensor] = {}
         self.high: dict[int, torch.Tensor] = {}
         self.masks: dict[int, np.ndarray] = {}
@@ -134,11 +165,25 @@ class EpisodeData:
     def ensure(self, images: Sequence[int], batch: int = 16) -> None:
         """Compute the features of ``images`` not cached yet."""
         todo = sorted({i for i in images if i not in self.mid})
+        if self.feature_dir is not None:
+            missing = []
+            for i in todo:
+                path = self.feature_dir / f"{self.ds.records[i].image_id}.safetensors"
+                if path.is_file():
+                    t = load_file(str(path))
+                    self.mid[i], self.high[i] = t["mid"].to(self.device), t["high"].to(self.device)
+                else:
+                    missing.append(i)
+            todo = missing
         for s in range(0, len(todo), batch):
             ids = todo[s : s + batch]
             mid, high = self.levels(torch.cat([self.image(i) for i in ids]))
             for j, i in enumerate(ids):
                 self.mid[i], self.high[i] = mid[j].half(), high[j].half()
+                if self.feature_dir is not None:
+                    state = {"mid": self.mid[i].cpu().contiguous(), "high": self.high[i].cpu().contiguous()}
+                    path = self.feature_dir / f"{self.ds.records[i].image_id}.safetensors"
+                    atomic_write_bytes(path, save(state))
 
     def mask(self, i: int) -> np.ndarray:
         if i not in self.masks:
@@ -157,7 +202,14 @@ class EpisodeData:
         if key not in self.priors:
             if self.clip is None:
                 raise ConfigError("this run has no CLIP prior (set prior=clip or visual+clip and clip_weights)")
-            self.priors[key] = self.clip(self.image(i), cls, extra).float()
+            name = "_".join(str(c) for c in (cls, *extra))
+            path = self.prior_dir / f"{self.ds.records[i].image_id}_{name}.safetensors" if self.prior_dir else None
+            if path is not None and path.is_file():
+                self.priors[key] = load_file(str(path))["prior"].to(self.device)
+            else:
+                self.priors[key] = self.clip(self.image(i), cls, extra).float().detach()
+                if path is not None:
+                    atomic_write_bytes(path, save({"prior": self.priors[key].cpu().contiguous()}))
         return self.priors[key]
 
     def batch(
@@ -201,6 +253,24 @@ def _open_clip_prior(cfg: FewShotConfig, class_names: Sequence[str], device: tor
         return None
     clip = load_clip_weights(cfg.clip_weights, cfg.clip_model)
     return ClipPrior(clip, class_names, cfg).to(device)
+
+
+def _episode_data(
+    ds, levels: FeatureLevels, mcfg: FewShotConfig, device: torch.device, backbone: dict, cache: Path | None
+) -> EpisodeData:
+    """:class:`EpisodeData` of ``ds`` with the method's CLIP prior and, with ``cache``, the on-disk caches."""
+    clip = _open_clip_prior(mcfg, ds.class_names, device)
+    data_key = {"data": str(Path(ds.root).resolve()), "split": ds.split, "size": mcfg.input_size}
+    feature_dir = _cache_folder(cache, {**data_key, **backbone, "output_stride": mcfg.output_stride})
+    prior_dir = None
+    if clip is not None:
+        path, _ = resolve_clip_weights(mcfg.clip_weights, mcfg.clip_model)
+        prior_dir = _cache_folder(cache, {
+            **data_key, "clip": str(path.resolve()), "clip_digest": file_digest(path),
+            **{k: getattr(mcfg, k) for k in ("clip_input", "clip_template", "clip_without_template",
+                                            "clip_attn_layers", "clip_box_threshold")},
+        })  # fmt: skip
+    return EpisodeData(ds, levels, mcfg.input_size, device, clip, feature_dir, prior_dir)
 
 
 def _levels(backbone: str, weights: Path | None, cfg: FewShotConfig, device: torch.device) -> FeatureLevels:
@@ -250,7 +320,7 @@ def fewshot_train(cfg: FewShotTrainConfig) -> Path:
     spec = fold_spec(cfg.folds, ds.num_classes)
     test_classes, train_classes = spec.test_classes(cfg.fold), spec.train_classes(cfg.fold)
     record = {
-        **stage_record(cfg, drop=("device", "overwrite", "out", "set", "preset")),
+        **stage_record(cfg, drop=("device", "overwrite", "out", "set", "preset", "feature_cache")),
         "method_config": mcfg,
         "class_names": list(ds.class_names),
     }
@@ -267,7 +337,8 @@ def fewshot_train(cfg: FewShotTrainConfig) -> Path:
         raise ConfigError(f"fold {cfg.fold}: no training class has 2+ images in {cfg.data}; use more images")
     val_eps = sample_episodes(val_pool, mcfg.val_episodes, 1, seed=cfg.seed + 1) if val_pool else []
     levels = _levels(cfg.backbone, cfg.weights, mcfg, device)
-    data = EpisodeData(ds, levels, mcfg.input_size, device, _open_clip_prior(mcfg, ds.class_names, device))
+    backbone = {"backbone": cfg.backbone, "weights": str(cfg.weights) if cfg.weights else None}
+    data = _episode_data(ds, levels, mcfg, device, backbone, cfg.feature_cache)
     with_clip = data.clip is not None
     net = build_fewshot_net(cfg.method, levels.mid_channels, mcfg).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=mcfg.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay)
@@ -338,7 +409,7 @@ def fewshot_eval(cfg: FewShotEvalConfig) -> dict:
     net, rec, mcfg, levels = load_fewshot(cfg.model_dir, device, cfg.set)
     data_root = Path(cfg.data) if cfg.data is not None else Path(rec["data"])
     record = {
-        **stage_record(cfg, drop=("device", "overwrite", "out", "batch_size")),
+        **stage_record(cfg, drop=("device", "overwrite", "out", "batch_size", "feature_cache")),
         "data": str(data_root),
         "train_record": rec,
     }
@@ -350,7 +421,8 @@ def fewshot_eval(cfg: FewShotEvalConfig) -> dict:
     index = dataset_class_index(ds, rec["min_area"])
     pool = class_pool(index, classes)
     episodes = sample_episodes(pool, cfg.episodes, cfg.shots, seed=cfg.episode_seed)
-    data = EpisodeData(ds, levels, mcfg.input_size, device, _open_clip_prior(mcfg, ds.class_names, device))
+    backbone = {"backbone": rec["backbone"], "weights": rec.get("weights")}
+    data = _episode_data(ds, levels, mcfg, device, backbone, cfg.feature_cache)
     t0 = time.perf_counter()
     data.ensure([e.query for e in episodes] + [s for e in episodes for s in e.supports[0]])
     t1 = time.perf_counter()
