@@ -275,3 +275,16 @@ def test_train_then_predict_saliency_writes_maps_and_metrics(synth_root, tmp_pat
     assert {"max_fmeasure", "mean_fmeasure", "adaptive_fmeasure", "smeasure"} <= metrics.keys()
     with pytest.raises(ConfigError, match="not a saliency method"):
         train_saliency(TrainSaliencyConfig(out=tmp_path / "x", method="cam", preset="tiny", **common))
+
+
+def test_run_task_saliency_trains_and_scores_val(synth_root, tmp_path):
+    from weakseg.pipeline import RunConfig, run
+    from weakseg.stages.train_saliency import TrainSaliencyOptions
+
+    opts = TrainSaliencyOptions(preset="tiny", backbone="tiny", frame_step=8)
+    summary = run(RunConfig(out=tmp_path / "run", data=synth_root, task="saliency", method="sod-pce", saliency=opts,
+                            device="cpu"))  # fmt: skip
+    assert summary["saliency"]["split"] == "val" and 0 <= summary["saliency"]["mae"] <= 1
+    n_val = len(open_saliency(synth_root, "val", "voc", frame_step=8))  # the train options' frame step carries over
+    assert summary["saliency"]["images"] == n_val
+    assert len(list((tmp_path / "run" / "eval" / "saliency").glob("*.png"))) == n_val

@@ -70,6 +70,21 @@ def downscale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def lsc_kernel(
+    image: torch.Tensor, scale: float = 0.25, radius: int = 5, xy_sigma: float = 6.0, rgb_sigma: float = 0.1
+) -> torch.Tensor:
+    """LSC's kernel ``[B, (2r+1)², h, w]`` of a normalised image ``[B, 3, H, W]`` resized by ``scale``
+    (bilinear, ``align_corners=True``); one per image, shared by every side output. Detached; ``image`` unchanged."""
+    if scale != 1:
+        image = F.interpolate(image, size=_scaled(image, scale), mode="bilinear", align_corners=True)
+    return gaussian_kernel([(image, rgb_sigma)], radius=radius, xy_sigma=xy_sigma)
+
+
+def _scaled(x: torch.Tensor, scale: float) -> tuple[int, int]:
+    h, w = x.shape[-2:]
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def local_saliency_coherence(
     saliency: torch.Tensor,
     image: torch.Tensor,
@@ -77,6 +92,7 @@ def local_saliency_coherence(
     radius: int = 5,
     xy_sigma: float = 6.0,
     rgb_sigma: float = 0.1,
+    kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LSC loss: ``mean_i Σ_j K_ij |s_i - s_j|`` over the ``(2r+1)²`` window, at ``scale`` of the input. Scalar.
 
@@ -84,16 +100,15 @@ def local_saliency_coherence(
     ``K_ij = exp(-½(‖p_i - p_j‖²/σ_xy² + ‖I_i - I_j‖²/σ_rgb²))`` with σ_xy in px of the downscaled grid.
     Both are resized bilinearly (``align_corners=True``, as the official code) to the same grid. Zero for a
     constant map; a jump in saliency costs less where the image has an edge (neighbours across it have a small
-    ``K``). The kernel is detached; neither input is changed.
+    ``K``). ``kernel``: :func:`lsc_kernel` of ``image`` with the same options, when already computed. The kernel
+    is detached; neither input is changed.
     """
     if saliency.shape[0] != image.shape[0] or saliency.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"saliency {tuple(saliency.shape)} and image {tuple(image.shape)} differ in batch or size")
+    if kernel is None:
+        kernel = lsc_kernel(image, scale, radius, xy_sigma, rgb_sigma)
     if scale != 1:
-        h, w = image.shape[-2:]
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        saliency = F.interpolate(saliency, size=size, mode="bilinear", align_corners=True)
-        image = F.interpolate(image, size=size, mode="bilinear", align_corners=True)
-    kernel = gaussian_kernel([(image, rgb_sigma)], radius=radius, xy_sigma=xy_sigma)
+        saliency = F.interpolate(saliency, size=_scaled(saliency, scale), mode="bilinear", align_corners=True)
     return l1_pairwise_loss(saliency, kernel)
 
 
@@ -154,12 +169,15 @@ def scwssod_loss(
         raise ValueError(f"{len(logits)} side outputs but {len(weights.side)} side weights")
     total = logits[0].new_zeros(())
     parts = {"pce": 0.0, "lsc": 0.0, "ssc": 0.0}
+    lsc = dict(lsc or {})
+    if weights.lsc and not weights.full:
+        lsc["kernel"] = lsc_kernel(image, **lsc)  # the same image for every side output: one kernel
     for k, (z, w) in enumerate(zip(logits, weights.side, strict=True)):
         sup = full_loss(z, target) if weights.full else scribble_loss(z, target)
         term = sup
         parts["pce"] = parts["pce"] + w * sup.detach()
         if weights.lsc and not weights.full:
-            c = local_saliency_coherence(torch.sigmoid(z), image, **(lsc or {}))
+            c = local_saliency_coherence(torch.sigmoid(z), image, **lsc)
             term = term + weights.lsc * c
             parts["lsc"] = parts["lsc"] + w * c.detach()
         if k == 0 and weights.ssc and not weights.full:
