@@ -29,6 +29,7 @@ from weakseg.stages.eval_seg import EvalSegConfig, EvalSegOptions, eval_seg
 from weakseg.stages.eval_volumes import EvalVolumesConfig, EvalVolumesOptions, eval_volumes
 from weakseg.stages.make_cams import MakeCamsConfig, MakeCamsOptions, make_cams
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
+from weakseg.stages.scribble_labels import WeakLabelsConfig, WeakLabelsOptions, make_weak_labels
 from weakseg.stages.track import (
     TrackConfig,
     TrackOptions,
@@ -59,6 +60,7 @@ from weakseg.stages.train_saliency import (
     predict_saliency_maps,
     train_saliency,
 )
+from weakseg.stages.train_scribble import ScribbleMethodOptions, TrainScribbleConfig, train_scribble
 from weakseg.stages.train_seg import TrainSegConfig, TrainSegOptions, train_seg
 from weakseg.stages.train_semi import TrainSemiConfig, TrainSemiOptions, train_semi
 
@@ -79,6 +81,8 @@ class RunOptions:
     eval_seg: EvalSegOptions = field(default_factory=EvalSegOptions)
     semi: TrainSemiOptions = field(default_factory=TrainSemiOptions)
     eval_volumes: EvalVolumesOptions = field(default_factory=EvalVolumesOptions)
+    weak: WeakLabelsOptions = field(default_factory=WeakLabelsOptions)
+    scribble: ScribbleMethodOptions = field(default_factory=ScribbleMethodOptions)
     proposer: TrainProposerOptions = field(default_factory=TrainProposerOptions)
     agent: TrainAgentOptions = field(default_factory=TrainAgentOptions)
     track: TrackOptions = field(default_factory=TrackOptions)
@@ -307,6 +311,20 @@ def _eval_saliency(ctx: RunContext) -> dict:
     return result
 
 
+def _weak(ctx: RunContext) -> dict:
+    cfg = ctx.config(ctx.opts.weak, WeakLabelsConfig, "weak")
+    metrics = make_weak_labels(cfg)
+    ctx.summary["weak"] = {k: metrics.get(k) for k in ("kind", "source", "labelled_fraction", "masks_read")}
+    return metrics
+
+
+def _scribble_seg(ctx: RunContext) -> Path:
+    """The segmenter from the partial labels: the ``seg`` options (same as train-seg) + the method's preset/set."""
+    cfg = ctx.config(ctx.opts.seg, TrainScribbleConfig, "seg", labels=ctx.out / "weak",
+                     preset=ctx.opts.scribble.preset, set=ctx.opts.scribble.set)  # fmt: skip
+    return train_scribble(cfg)
+
+
 # ---------------------------------------------------------------------------- the registry
 
 _EVAL_SEG = Stage("eval-seg", "eval/seg", _eval_seg, reads=("seg",), skippable=False)
@@ -428,8 +446,19 @@ TASKS["video"] = Task(
     report=False,
 )
 
+TASKS["scribble"] = Task(
+    "scribble",
+    supervision="scribbles (or point clicks) on the training images",
+    description="partial labels (read, or simulated from masks with a seeded pixel budget) -> segmenter trained "
+    "with partial CE + a regularized loss (DFR) -> eval (--weak.kind points for clicks)",
+    stages=(
+        Stage("weak", "weak", _weak, reads=("data",)),
+        Stage("seg", "seg", _scribble_seg, reads=("weak", "data")),
+        _EVAL_SEG,
+    ),
+)
+
 PLANNED: dict[str, str] = {
-    "scribble": "scribbles -> segmenter (DFR)",
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
 }
 """task slots whose methods are not implemented yet: named by ``--task``, refused with this description"""

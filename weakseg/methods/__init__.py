@@ -16,7 +16,7 @@ Adding a method: one module with a :class:`~weakseg.methods.base.Method` subclas
 :func:`~weakseg.methods.base.register_method`, imported below (see ``docs/extending.md``).
 """
 
-from weakseg.methods import a2gnn, abd, cam, clip_es, dcfm, ftmu, mcis, scwssod, weclip  # noqa: F401  (registers the methods)
+from weakseg.methods import a2gnn, abd, cam, clip_es, dcfm, dfr, ftmu, mcis, scwssod, weclip  # noqa: F401  (registers the methods)
 from weakseg.methods.base import METHODS, Method, create_method, get_method_class, register_method
 
 __all__ = ["METHODS", "Method", "create_method", "get_method_class", "register_method"]

@@ -1,0 +1,141 @@
+"""The label-cost table (issue #15): one synthetic benchmark, one segmenter, one training budget, five kinds of labels.
+
+Rows (each a ``weakseg run`` in ``--work/<row>``, on the same data ``--work/data``, the same segmenter options):
+
+- ``full``: ``--task full`` (the true masks; the upper bound);
+- ``scribbles-dfr`` / ``scribbles-pce``: ``--task scribble --method dfr`` with the ``cpu`` preset / the ``pce``
+  preset (partial CE alone, the ablation), scribbles simulated from the train masks under a 3 % pixel budget;
+- ``points-dfr`` (and ``points-pce`` with ``--rows``): the same with ``--weak.kind points`` (one click per object,
+  three on the background, discs of radius 2);
+- ``tags``: not rerun; read from the demo's ``results/cpu-2026-11-30/demo/summary.json`` (MCIS) and marked with
+  the demo's segmenter budget when that differs from this table's;
+- ``boxes``: read from ``results/cpu-2026-11-30/a2gnn/synthetic_small.json`` when the A2GNN run has written it.
+
+A row whose run folder is complete is read, not rerun (``weakseg run`` skips complete stages). Writes one JSON per
+row and ``summary.json`` into ``results/cpu-2026-11-30/label_cost/``.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/label_cost.py --work /tmp/lc --epochs 2 --crop 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cpu-2026-11-30"
+OUT = RESULTS / "label_cost"
+DEMO = RESULTS / "demo" / "summary.json"
+A2GNN = RESULTS / "a2gnn" / "synthetic_small.json"
+DEMO_SEG = {"arch": "deeplabv3plus", "epochs": 8, "crop": 128, "batch_size": 8, "eval_scales": [1.0, 1.5]}
+"""the demo's segmenter options (weakseg run's defaults when the demo was measured)"""
+
+ROWS: dict[str, tuple[str, ...]] = {
+    "full": ("--task", "full"),
+    "scribbles-pce": ("--task", "scribble", "--method", "dfr", "--scribble.preset", "pce"),
+    "scribbles-dfr": ("--task", "scribble", "--method", "dfr"),
+    "points-dfr": ("--task", "scribble", "--method", "dfr", "--weak.kind", "points"),
+    "points-pce": ("--task", "scribble", "--method", "dfr", "--weak.kind", "points", "--scribble.preset", "pce"),
+    "scribbles-dfr-shallow": ("--task", "scribble", "--method", "dfr", "--scribble.preset", "shallow"),
+    "scribbles-dfr-static": ("--task", "scribble", "--method", "dfr", "--scribble.preset", "static"),
+}
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 2)
+
+
+def run_row(name: str, args: argparse.Namespace, seg: dict) -> dict:
+    out = args.work / name
+    cmd = [sys.executable, "-m", "weakseg", "run", *ROWS[name], "--data", str(args.work / "data"), "--out", str(out),
+           "--seg.arch", seg["arch"], "--seg.train.epochs", str(seg["epochs"]), "--seg.crop", str(seg["crop"]),
+           "--seg.train.batch-size", str(seg["batch_size"]), "--eval-seg.scales", *map(str, seg["eval_scales"]),
+           "--seed", str(args.seed), "--device", "cpu"]  # fmt: skip
+    t0 = time.perf_counter()
+    log = args.work / f"{name}.log"
+    with log.open("w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    summary = json.loads((out / "summary.json").read_text())
+    weak = summary.get("weak") or {}
+    row = {
+        "row": name,
+        "command": " ".join(["weakseg", *cmd[3:]]),
+        "segmenter_miou": _pct(summary["segmenter"]["miou"]),
+        "pseudo_miou": None,
+        "labelled_fraction": weak.get("labelled_fraction", 1.0 if name == "full" else None),
+        "weak_source": weak.get("source"),
+        "masks_read": {"weak": weak.get("masks_read"), "segmenter": summary["segmenter"].get("masks_read")},
+        "wall_s_this_call": round(time.perf_counter() - t0, 1),
+        "timings_s": summary.get("timings_s"),
+        "summary": summary,
+    }
+    (OUT / f"{name}.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def tags_row(seg: dict) -> dict:
+    if not DEMO.is_file():
+        return {"row": "tags", "status": "not measured (no demo summary)"}
+    s = json.loads(DEMO.read_text())
+    same = seg == DEMO_SEG
+    return {
+        "row": "tags",
+        "method": "mcis",
+        "segmenter_miou": _pct(s["segmenter"]["miou"]),
+        "pseudo_miou": _pct(s["pseudo"]["miou"]),
+        "labelled_fraction": None,
+        "source": str(DEMO.relative_to(RESULTS.parents[1])),
+        "segmenter_budget": DEMO_SEG,
+        "same_budget": same,
+        "note": None if same else "the demo's segmenter budget differs from this table's (see segmenter_budget)",
+    }
+
+
+def boxes_row() -> dict:
+    if not A2GNN.is_file():
+        return {"row": "boxes", "status": "not yet (no results/cpu-2026-11-30/a2gnn/synthetic_small.json)"}
+    return {"row": "boxes", "method": "a2gnn", "source": str(A2GNN.relative_to(RESULTS.parents[1])),
+            "raw": json.loads(A2GNN.read_text())}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lc"))
+    ap.add_argument("--rows", nargs="+", default=["full", "scribbles-pce", "scribbles-dfr", "points-dfr"],
+                    choices=list(ROWS))  # fmt: skip
+    ap.add_argument("--arch", default="deeplabv3plus")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--eval-scales", type=float, nargs="+", default=[1.0, 1.5])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    seg = {"arch": args.arch, "epochs": args.epochs, "crop": args.crop, "batch_size": args.batch_size,
+           "eval_scales": list(args.eval_scales)}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = args.work / "data"
+    if not (data / "DONE").is_file() and not (data / "ImageSets").is_dir():
+        subprocess.run([sys.executable, "-m", "weakseg", "data", "synth", "--out", str(data), "--size", "small",
+                        "--seed", "0"], check=True)  # fmt: skip
+    rows = {}
+    for name in args.rows:
+        rows[name] = run_row(name, args, seg)
+        print(f"{name}: segmenter mIoU {rows[name]['segmenter_miou']}", flush=True)
+    summary = {
+        "benchmark": "synthetic small (600 train / 150 val, seed 0)",
+        "segmenter": seg,
+        "rows": {"tags": tags_row(seg), **rows, "boxes": boxes_row()},
+    }
+    previous = json.loads((OUT / "summary.json").read_text()) if (OUT / "summary.json").is_file() else {}
+    if previous.get("segmenter") == seg:  # keep rows measured by earlier calls with the same budget
+        summary["rows"] = {**previous.get("rows", {}), **summary["rows"]}
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v.get("segmenter_miou") for k, v in summary["rows"].items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
