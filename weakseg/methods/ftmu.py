@@ -198,18 +198,29 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class BoxMaskNet(nn.Module):
     """Class-agnostic box-conditioned mask network: a crop around a box → the mask of the object it frames.
 
-    The box conditions the network through the crop: it is always the central ``1 / (1 + 2·context)`` of
-    the crop (as a Mask R-CNN mask head sees its RoI). ``forward(crops [B, 3, S, S] in [0, 1])`` →
-    ``(logits [B, 1, S, S], φ [B, C])``, φ = the encoder's global-average-pooled output.
+    The box is always the central ``1 / (1 + 2·context)`` of the crop (as a Mask R-CNN mask head sees its
+    RoI); a convolutional net hardly knows where it is in its input, so the decoder is also given the box as a
+    map (1 inside, 0 outside) at every scale. ``forward(crops [B, 3, S, S] in [0, 1])`` →
+    ``(logits [B, 1, S, S], φ [B, C])``, φ = the encoder's global-average-pooled output. The decoder fuses the
+    encoder's map with a stride-4 branch on the pixels (the encoder gives no intermediate maps).
     """
 
-    def __init__(self, backbone: Backbone, width: int = 64):
+    def __init__(self, backbone: Backbone, context: float = 0.5, width: int = 64):
         super().__init__()
         self.backbone = backbone
+        self.context = context
         self.reduce = nn.Sequential(nn.Conv2d(backbone.out_channels, width, 1), nn.ReLU(inplace=True))
-        self.deep = nn.Sequential(_conv(width, width), _conv(width, width))
-        self.shallow = nn.Sequential(_conv(3, 16, 2), _conv(16, 16))
-        self.head = nn.Sequential(_conv(width + 16, 32), nn.Conv2d(32, 1, 1))
+        self.deep = nn.Sequential(_conv(width + 1, width), _conv(width, width))
+        self.shallow = nn.Sequential(_conv(4, 24, 2), _conv(24, 24), _conv(24, 32, 2), _conv(32, 32))
+        self.head = nn.Sequential(_conv(width + 32 + 1, 48), _conv(48, 32), nn.Conv2d(32, 1, 1))
+
+    def box_map(self, like: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``[B, 1, h, w]``: 1 over the box's place in the crop (cell centres inside it), 0 elsewhere."""
+        lo, hi = self.context / (1 + 2 * self.context), (1 + self.context) / (1 + 2 * self.context)
+        ys = (torch.arange(size[0], device=like.device, dtype=like.dtype) + 0.5) / size[0]
+        xs = (torch.arange(size[1], device=like.device, dtype=like.dtype) + 0.5) / size[1]
+        m = ((ys >= lo) & (ys <= hi))[:, None] & ((xs >= lo) & (xs <= hi))[None, :]
+        return m.to(like.dtype).expand(like.shape[0], 1, *size)
 
     @property
     def out_channels(self) -> int:
@@ -221,11 +232,11 @@ class BoxMaskNet(nn.Module):
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.backbone(crops)
-        d = self.deep(self.reduce(f))
-        s = self.shallow(crops)
+        d = self.deep(torch.cat([self.reduce(f), self.box_map(crops, f.shape[-2:])], 1))
+        s = self.shallow(torch.cat([crops, self.box_map(crops, crops.shape[-2:])], 1))
         d = F.interpolate(d, size=s.shape[-2:], mode="bilinear", align_corners=False)
-        logits = F.interpolate(self.head(torch.cat([d, s], 1)), size=crops.shape[-2:], mode="bilinear",
-                               align_corners=False)  # fmt: skip
+        logits = self.head(torch.cat([d, s, self.box_map(crops, s.shape[-2:])], 1))
+        logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
         return logits, f.mean((2, 3))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -239,7 +250,7 @@ def build_proposer(cfg: FTMUConfig, pretrained: bool = True) -> BoxMaskNet:
     pretrained = pretrained and cfg.backbone != "tiny"
     backbone = create_backbone(cfg.backbone, output_stride=cfg.encoder_stride, pretrained=pretrained)
     backbone.freeze_early(cfg.frozen_stages)
-    return BoxMaskNet(backbone)
+    return BoxMaskNet(backbone, cfg.context)
 
 
 def proposer_loss(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
