@@ -31,6 +31,7 @@ from weakseg.stages.fewshot import FewShotEvalConfig, FewShotTrainConfig, fewsho
 from weakseg.stages.make_cams import MakeCamsConfig, make_cams
 from weakseg.stages.predict import PredictConfig, predict_images
 from weakseg.stages.pseudo import PseudoConfig, make_pseudo
+from weakseg.stages.scribble_labels import WeakLabelsConfig, make_weak_labels
 from weakseg.stages.select import SelectConfig, select
 from weakseg.stages.track import TrackConfig, TrainAgentConfig, TrainProposerConfig, track, train_agent, train_proposer
 from weakseg.stages.train_aff import TrainAffinityConfig, train_affinity
@@ -42,6 +43,7 @@ from weakseg.stages.train_saliency import (
     predict_saliency_maps,
     train_saliency,
 )
+from weakseg.stages.train_scribble import TrainScribbleConfig, train_scribble
 from weakseg.stages.train_seg import TrainSegConfig, train_seg
 from weakseg.stages.train_semi import TrainSemiConfig, train_semi
 from weakseg.viz.overlay import VizConfig, render_cam_grid_cmd
@@ -122,6 +124,8 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "box-pseudo": (BoxPseudoConfig, _print_result(make_box_pseudo)),
         "select": (SelectConfig, _print_select(select)),
         "train-seg": (TrainSegConfig, train_seg),
+        "weak-labels": (WeakLabelsConfig, _print_result(make_weak_labels)),
+        "train-scribble": (TrainScribbleConfig, train_scribble),
         "eval-seg": (EvalSegConfig, _print_result(eval_seg)),
         "predict": (PredictConfig, predict_images),
         "train-semi": (TrainSemiConfig, train_semi),
