@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--episodes-5shot", type=int, default=None, help="test episodes for K > 1 (default: --episodes)")
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--episodes-per-epoch", type=int, default=320)
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--work", type=Path, default=Path("runs/fewshot"))

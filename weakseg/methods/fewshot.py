@@ -87,14 +87,17 @@ class FewShotConfig:
     """K-shot inference of SCL: weight the supports by how well they segment each other (off: average the support
     vectors and priors, PFENet's K-shot)"""
     # training
-    epochs: int = 4
+    epochs: int = 8
     """training epochs (each ``episodes_per_epoch`` episodes; the best on the validation episodes is kept)"""
     episodes_per_epoch: int = 320
     batch_size: int = 8
     """episodes per step"""
-    lr: float = 2.5e-3
-    """SGD learning rate (SCL PASCAL: 0.0025, momentum 0.9, weight decay 1e-4, poly 0.9)"""
+    optimizer: str = "adamw"
+    """adamw (short CPU schedules) or sgd (SCL: lr 0.0025, momentum 0.9, weight decay 1e-4); poly 0.9 decay"""
+    lr: float = 3e-3
+    """peak learning rate"""
     momentum: float = 0.9
+    """SGD momentum"""
     weight_decay: float = 1e-4
     val_fraction: float = 0.15
     """fraction of the training images held out for validation episodes (training classes only)"""
@@ -123,6 +126,8 @@ class FewShotConfig:
             raise ConfigError(
                 f"prior={self.prior!r} needs clip_weights: a `weakseg clip pretrain --out DIR` folder or a ViT-B-16.pt"
             )
+        if self.optimizer not in ("adamw", "sgd"):
+            raise unknown_name("optimizer", self.optimizer, ("adamw", "sgd"))
         if not self.bins or any(not 0 < b <= 1 for b in self.bins):
             raise ConfigError(f"bins must be fractions in (0, 1], got {self.bins}")
 
@@ -134,6 +139,8 @@ class FewShotConfig:
 PRESETS: dict[str, FewShotConfig] = {
     "cpu": FewShotConfig(),
     "paper": FewShotConfig(
+        optimizer="sgd",
+        lr=2.5e-3,
         input_size=473,
         hidden=256,
         bins=(1.0, 0.5, 0.25, 0.125),

@@ -341,7 +341,10 @@ def fewshot_train(cfg: FewShotTrainConfig) -> Path:
     data = _episode_data(ds, levels, mcfg, device, backbone, cfg.feature_cache)
     with_clip = data.clip is not None
     net = build_fewshot_net(cfg.method, levels.mid_channels, mcfg).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=mcfg.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay)
+    if mcfg.optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=mcfg.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
     steps_per_epoch = math.ceil(mcfg.episodes_per_epoch / mcfg.batch_size)
     total = steps_per_epoch * mcfg.epochs
     history, best, step = [], -1.0, 0
