@@ -53,18 +53,33 @@ class Setting:
 
 SETTINGS = {
     "synthetic": Setting("/tmp/dcfm/synth-small", "train", "val", GroupOptions(), GroupOptions(),
-                         ("epochs=3", "groups_per_epoch=50"), max_groups_per_target=2),
+                         ("epochs=2", "groups_per_epoch=50"), max_groups_per_target=2),
     "coco128": Setting("../shared/data/coco128-seg", "all", "all", GroupOptions(images="even"),
-                       GroupOptions(images="odd"), ("epochs=3", "groups_per_epoch=47")),
+                       GroupOptions(images="odd"), ("epochs=2", "groups_per_epoch=47")),
     "davis": Setting("../shared/data/davis2016", "cosal-train", "cosal-eval", GroupOptions(davis_every=3),
-                     GroupOptions(davis_every=5), ("epochs=3", "groups_per_epoch=50"), max_groups_per_target=4),
+                     GroupOptions(davis_every=5), ("epochs=2", "groups_per_epoch=50"), max_groups_per_target=4),
 }  # fmt: skip
+
+
+def table(folder: Path) -> str:
+    """The markdown table of every row in ``folder`` (one line per JSON, sorted by setting then method)."""
+    lines = ["| setting | train → eval | eval groups / images | method | Sα | max Fβ | max Eξ | MAE | train wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for path in sorted(folder.glob("*.json")):
+        r = load_json(path)
+        e, m = r["eval"], r["eval"]["metrics"]
+        name = path.stem.removeprefix(f"{r['setting']}-")
+        lines.append(f"| {r['setting']} | {r['train_split']} → {r['eval_split']} | {e['groups']} / {e['images']} | "
+                     f"{name} | {m['smeasure']:.4f} | {m['max_fmeasure']:.4f} | {m['max_emeasure']:.4f} | "
+                     f"{m['mae']:.4f} | {r['train_wall_s']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--setting", choices=sorted(SETTINGS), required=True)
-    ap.add_argument("--method", choices=["dcfm", "single-saliency"], required=True)
+    ap.add_argument("--table", action="store_true", help="print the table of the rows in --out and exit")
+    ap.add_argument("--setting", choices=sorted(SETTINGS))
+    ap.add_argument("--method", choices=["dcfm", "single-saliency"])
     ap.add_argument("--data", type=Path, default=None, help="override the setting's data root")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--set", nargs="*", default=[], help="more KEY=VALUE overrides (after the setting's)")
@@ -74,6 +89,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/dcfm_bench"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
+    if not (args.setting and args.method):
+        ap.error("--setting and --method are required (or --table)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     s = SETTINGS[args.setting]

@@ -18,7 +18,8 @@ Input: a *group* of ``N`` images that share one salient object (:mod:`weakseg.da
    on foreground-only and background-only features (``f ⊙ G``, ``f ⊙ (1 − G)``, ``G`` the ground truth at the
    feature grid) gives ``P⁺`` and ``P⁻``; ``P`` should match ``P⁺`` and not ``P⁻``.
 
-Loss: Σ over the two maps of the foreground + background soft-IoU loss, + ``scl_weight`` · L_scl.
+Loss: Σ over the two maps of the foreground + background soft-IoU loss (+ ``bce_weight`` · BCE, not in the
+paper), + ``scl_weight`` · L_scl.
 
 Registered methods (task ``co-saliency``):
 
@@ -79,6 +80,9 @@ class DCFMConfig:
     """backbone stages kept at their initial weights (DCFM freezes all of VGG but conv5_3)"""
     scl_weight: float = 0.1
     """weight of the self-contrastive loss"""
+    bce_weight: float = 1.0
+    """weight of a binary cross-entropy on each map, added to the soft-IoU losses (DCFM: 0, IoU only; without
+    it short CPU runs collapse to all-background maps)"""
     dfe_power: float = 3.0
     """exponent of the rank weights of the feature enhancement (DCFM: 3)"""
     dfe_renormalise: bool = True
@@ -98,7 +102,8 @@ class DCFMConfig:
 
 
 PAPER = DCFMConfig(input_size=224, group_size=16, eval_group_size=64, channels=512, epochs=200, lr=1e-4,
-                   backbone_lr=1e-5, frozen_stages=6, grad_clip=0.0, dfe_renormalise=False)  # fmt: skip
+                   backbone_lr=1e-5, frozen_stages=6, grad_clip=0.0, dfe_renormalise=False,
+                   bce_weight=0.0)  # fmt: skip
 """DCFM's recipe: 224 px, ≤ 16 images per group, 200 epochs, Adam 1e-4 (backbone 1e-5), wd 1e-4"""
 
 PRESETS: dict[str, DCFMConfig] = {
@@ -237,6 +242,9 @@ class CoSaliencyMethod(Method):
         gt, valid = batch["gt"], batch["valid"]
         out = net(batch["image"], gt)
         maps = sum(fg_bg_iou_loss(m, gt, valid) for m in out["logits"])
+        if self.cfg.bce_weight > 0:
+            bce = sum(F.binary_cross_entropy_with_logits(m, gt, valid) for m in out["logits"])
+            maps = maps + self.cfg.bce_weight * bce
         losses = {"maps": maps.detach()}
         loss = maps
         if "proto_fg" in out and self.cfg.scl_weight > 0:
