@@ -11,7 +11,9 @@ Rows (each a ``weakseg run`` in ``--work/<row>``, on the same data ``--work/data
   the demo's segmenter budget when that differs from this table's;
 - ``boxes``: read from ``results/cpu-2026-11-30/a2gnn/synthetic_small.json`` when the A2GNN run has written it.
 
-A row whose run folder is complete is read, not rerun (``weakseg run`` skips complete stages). Writes one JSON per
+A row whose run folder is complete is not retrained (``weakseg run`` skips complete stages; eval-seg reruns);
+``--collect`` only reads the rows' ``summary.json``. Each row also records the background share of its labelled
+training pixels (the class balance its loss sees). Writes one JSON per
 row and ``summary.json`` into ``results/cpu-2026-11-30/label_cost/``.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/label_cost.py --work /tmp/lc --epochs 2 --crop 96
@@ -26,6 +28,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu-2026-11-30"
 OUT = RESULTS / "label_cost"
@@ -49,6 +54,21 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
 
+def background_share(labels: Path | None, data: Path) -> float:
+    """Fraction of the labelled training pixels that are background (``labels``: a weak-label folder; None = the
+    train masks). Counts what the loss sees: the class balance of the supervision."""
+    files = sorted(labels.glob("*.png")) if labels is not None else sorted((data / "SegmentationClass").glob("*.png"))
+    if labels is None:
+        ids = set((data / "ImageSets" / "Segmentation" / "train.txt").read_text().split())
+        files = [f for f in files if f.stem in ids]
+    bg = known = 0
+    for f in files:
+        m = np.asarray(Image.open(f))
+        bg += int((m == 0).sum())
+        known += int((m != 255).sum())
+    return round(bg / max(known, 1), 4)
+
+
 def run_row(name: str, args: argparse.Namespace, seg: dict) -> dict:
     out = args.work / name
     cmd = [sys.executable, "-m", "weakseg", "run", *ROWS[name], "--data", str(args.work / "data"), "--out", str(out),
@@ -57,8 +77,10 @@ def run_row(name: str, args: argparse.Namespace, seg: dict) -> dict:
            "--seed", str(args.seed), "--device", "cpu"]  # fmt: skip
     t0 = time.perf_counter()
     log = args.work / f"{name}.log"
-    with log.open("w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if not (args.collect and (out / "summary.json").is_file()):
+        with log.open("w") as f:
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
     summary = json.loads((out / "summary.json").read_text())
     weak = summary.get("weak") or {}
     row = {
@@ -68,8 +90,9 @@ def run_row(name: str, args: argparse.Namespace, seg: dict) -> dict:
         "pseudo_miou": None,
         "labelled_fraction": weak.get("labelled_fraction", 1.0 if name == "full" else None),
         "weak_source": weak.get("source"),
+        "background_share_of_labelled_pixels": background_share(out / "weak" if weak else None, args.work / "data"),
         "masks_read": {"weak": weak.get("masks_read"), "segmenter": summary["segmenter"].get("masks_read")},
-        "wall_s_this_call": round(time.perf_counter() - t0, 1),
+        "wall_s_this_call": None if args.collect else round(time.perf_counter() - t0, 1),
         "timings_s": summary.get("timings_s"),
         "summary": summary,
     }
@@ -113,6 +136,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--eval-scales", type=float, nargs="+", default=[1.0, 1.5])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--collect", action="store_true", help="read rows whose run folder has a summary; run no row")
     args = ap.parse_args()
     seg = {"arch": args.arch, "epochs": args.epochs, "crop": args.crop, "batch_size": args.batch_size,
            "eval_scales": list(args.eval_scales)}  # fmt: skip
