@@ -458,6 +458,20 @@ TASKS["scribble"] = Task(
     ),
 )
 
+TASKS["box"] = Task(
+    "box",
+    supervision="bounding boxes (dataset boxes, or simulated from masks)",
+    description="[CAM classifier on the boxes' classes -> CAMs ->] box pseudo labels (A2GNN) -> segmenter -> eval",
+    stages=(
+        Stage("cls", "cls", _box_cls, reads=("data",), when=_box_uses_cams),
+        Stage("cams", "cams", _cams, reads=("cls", "data"), when=_box_uses_cams),
+        Stage("box-pseudo", "pseudo", _box_pseudo, reads=("data", "cams")),
+        Stage("seg", "seg", _seg("pseudo"), reads=("pseudo", "data")),
+        _EVAL_SEG,
+    ),
+    report=False,
+)
+
 PLANNED: dict[str, str] = {
     "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
 }

@@ -31,6 +31,7 @@ from weakseg.refine.a2gnn import (
     affinity_regulariser,
     allowed_classes,
     box_seeds,
+    dense_batch_adjacency,
     fit_gnn,
     normalise_image,
     window_affinity,
@@ -43,6 +44,10 @@ from weakseg.refine.affinity import (
     pair_affinity,
 )
 from weakseg.refine.affinity_net import AffinityNet
+from weakseg.refine.crf import crf_refine
+from weakseg.refine.par import par_refine
+
+REFINERS = ("crf", "par", "none")
 
 
 @dataclass(frozen=True)
@@ -70,18 +75,32 @@ class A2GNNConfig:
     """CAM cue of the seeds: the box-normalised CAM of the box's class at least this"""
     seed_core: float = 0.6
     """without CAMs: the cue is the box's central ellipse of this relative size"""
-    colour_bins: int = 8
+    colour_bins: int = 16
     """colour levels per channel of the seeds' colour cue"""
+    seed_box_background: bool = True
+    """background seeds inside boxes where the colour and CAM (or ellipse) cues both say: not the object"""
     max_side: int = 128
     """images are labelled at this longer side (px; smaller ones at their own size), then resized back"""
+    label_scale: int = 2
+    """the GNN's losses run at the feature grid upsampled by this factor (8 = the working resolution, A2GNN's;
+    2 = a quarter of it each way, 16x fewer pixels)"""
+    aff_freeze_backbone: bool = False
+    """train only the affinity head (the backbone's ImageNet features stay; faster on a CPU)"""
     batch_images: int = 8
     """images whose GNNs train together in one batched computation"""
+    refine: str = "crf"
+    """final refinement of the GNN's probabilities at image resolution: crf (A2GNN's dense CRF, extra ``crf``),
+    par (weakseg's torch PAR, no extra) or none"""
     gnn: GNNOptions = field(default_factory=GNNOptions)
     """the per-image GNN (hidden width, layers, epochs, losses)"""
 
     def check(self) -> None:
         if self.radius < 1 or self.aff_dim < 1 or self.max_side < 16 or self.batch_images < 1:
             raise ConfigError(f"need radius >= 1, aff_dim >= 1, max_side >= 16, batch_images >= 1; got {self}")
+        if self.refine not in REFINERS:
+            raise ConfigError(f"refine={self.refine!r}; valid: {', '.join(REFINERS)}")
+        if self.label_scale not in (1, 2, 4, 8):
+            raise ConfigError(f"label_scale must be 1, 2, 4 or 8 (the feature stride is 8), got {self.label_scale}")
         if not 0 <= self.gnn.dropout < 1:
             raise ConfigError(f"gnn.dropout must be in [0, 1), got {self.gnn.dropout}")
         if self.gnn.epochs + self.gnn.crf_epochs < 1:
@@ -94,13 +113,14 @@ PAPER = A2GNNConfig(
     aff_crop=448,
     aff_batch=4,
     max_side=512,
+    label_scale=8,
     batch_images=4,
     gnn=GNNOptions(hidden=256, epochs=150, crf_epochs=150),
 )
-CPU = A2GNNConfig()
+CPU = A2GNNConfig(aff_freeze_backbone=True)
 TINY = A2GNNConfig(
-    radius=2, aff_dim=16, aff_epochs=1, aff_crop=48, aff_batch=4, max_side=64, batch_images=4,
-    gnn=GNNOptions(hidden=16, layers=2, epochs=6, crf_epochs=4),
+    radius=2, aff_dim=16, aff_epochs=1, aff_crop=48, aff_batch=4, max_side=64, batch_images=4, label_scale=4,
+    refine="none", gnn=GNNOptions(hidden=16, layers=2, epochs=6, crf_epochs=4),
 )  # fmt: skip
 
 
@@ -121,10 +141,13 @@ class LabelItem:
     """``[dim, gh, gw]`` affinity embedding"""
     image: torch.Tensor
     """``[3, gh, gw]`` normalised image at the grid"""
+    rgb: np.ndarray
+    """``uint8 [H, W, 3]`` the original image (final refinement)"""
     seeds: torch.Tensor
-    """``int64 [gh·8, gw·8]`` seeds in output channels (255 = unknown / padding)"""
+    """``int64 [gh·s, gw·s]`` seeds in output channels at label resolution (s = label_scale; 255 = unknown or
+    padding)"""
     work_boxes: tuple[tuple[int, int, int, int, int], ...]
-    """``(x0, y0, x1, y1, channel)`` at the working resolution"""
+    """``(x0, y0, x1, y1, channel)`` at label resolution"""
     work_size: tuple[int, int]
     init_seed: int
 
@@ -156,7 +179,12 @@ class A2GNNMethod(Method):
     def affinity_step(self, net: AffinityNet, images: torch.Tensor, seeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """PSA's pair loss on the box seeds (bg-pos / 4 + fg-pos / 4 + neg / 2) + the gated-CRF regulariser."""
         c = self.cfg
-        features = net(images).float()
+        if c.aff_freeze_backbone:
+            with torch.no_grad():
+                base = net.backbone(images)
+            features = F.elu(net.head(base)).float()
+        else:
+            features = net(images).float()
         grid = tuple(features.shape[-2:])
         offsets = neighbour_offsets(c.radius)
         targets = affinity_targets(downsample_label(seeds, grid), offsets)
@@ -210,12 +238,15 @@ class A2GNNMethod(Method):
             lut[c + 1] = k
         seeds = torch.full((gh * stride, gw * stride), IGNORE, dtype=torch.int64)
         seeds[:wh, :ww] = torch.from_numpy(lut[seeds_global])
+        step = stride // self.cfg.label_scale  # label pixel = the centre pixel of a step x step block
+        seeds = seeds[step // 2 :: step, step // 2 :: step].contiguous()
         small = F.interpolate(normalise_image(t[None]), size=(gh, gw), mode="area")[0]
-        wb = tuple((b.x0, b.y0, b.x1, b.y1, channel[b.cls]) for b in work_boxes)
-        return LabelItem(image_id, (h, w), tuple(boxes), classes, x, emb, small, seeds, wb, (wh, ww), init_seed)
+        lh, lw = seeds.shape
+        wb = tuple((*scale_box(b, 1 / step, lh, lw).as_tuple(), channel[b.cls]) for b in work_boxes)
+        return LabelItem(image_id, (h, w), tuple(boxes), classes, x, emb, small, image, seeds, wb, (wh, ww), init_seed)
 
     # ---------------------------------------------------------------- several images at once
-    def graph_batch(self, items: Sequence[LabelItem], stride: int) -> GraphBatch:
+    def graph_batch(self, items: Sequence[LabelItem]) -> GraphBatch:
         """Pad the items to one grid and build their window graphs in one call."""
         gh = max(it.x.shape[1] for it in items)
         gw = max(it.x.shape[2] for it in items)
@@ -227,21 +258,22 @@ class A2GNNMethod(Method):
         x = torch.stack([pad(it.x) for it in items])
         emb = torch.stack([pad(it.emb) for it in items])
         valid = torch.stack([pad(torch.ones(1, *it.x.shape[1:])) for it in items])
-        seeds = torch.stack([F.pad(it.seeds, (0, gw * stride - it.seeds.shape[1], 0, gh * stride - it.seeds.shape[0]),
+        ls = self.cfg.label_scale
+        seeds = torch.stack([F.pad(it.seeds, (0, gw * ls - it.seeds.shape[1], 0, gh * ls - it.seeds.shape[0]),
                                    value=IGNORE) for it in items])  # fmt: skip
         channels = torch.zeros(len(items), k, dtype=torch.bool)
         for b, it in enumerate(items):
             channels[b, : len(it.classes) + 1] = True
         return GraphBatch(
             x=x,
-            adj=window_affinity(emb, self.cfg.radius, valid),
+            adj=dense_batch_adjacency(window_affinity(emb, self.cfg.radius, valid), self.cfg.radius),
             valid=valid,
             grids=[tuple(it.x.shape[1:]) for it in items],
             image=torch.stack([pad(it.image) for it in items]),
             seeds=seeds,
             boxes=BoxTable.build([it.work_boxes for it in items]),
             channels=channels,
-            stride=stride,
+            stride=ls,
             init_seeds=[it.init_seed for it in items],
         )
 
@@ -250,22 +282,38 @@ class A2GNNMethod(Method):
         the argmax of the GNN's probabilities among background and the classes of the boxes covering a pixel
         (so every pixel outside all boxes is background)."""
         with_boxes = [it for it in items if it.work_boxes]
-        probs = fit_gnn(self.graph_batch(with_boxes, stride), self.cfg.gnn)[0] if with_boxes else None
+        probs = fit_gnn(self.graph_batch(with_boxes), self.cfg.gnn)[0] if with_boxes else None
         out, j = [], 0
         for it in items:
             h, w = it.size
             if not it.work_boxes:
                 out.append(np.zeros((h, w), dtype=np.uint8))
                 continue
-            p = probs[j, : len(it.classes) + 1, : it.work_size[0], : it.work_size[1]]
+            gh, gw = it.x.shape[1:]
+            p = probs[j, : len(it.classes) + 1, : gh * self.cfg.label_scale, : gw * self.cfg.label_scale]
             j += 1
+            if self.cfg.label_scale != stride:  # back to the (padded) working resolution, then crop
+                p = F.interpolate(p[None], size=(gh * stride, gw * stride), mode="bilinear", align_corners=False)[0]
+            p = p[:, : it.work_size[0], : it.work_size[1]]
             if (h, w) != it.work_size:
                 p = F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            p = self.refine_probs(it.rgb, p)
             allowed = torch.from_numpy(allowed_classes(it.boxes, h, w, it.classes))
             k = p.masked_fill(~allowed, -1.0).argmax(0).numpy()
             lut = np.array([0, *[c + 1 for c in it.classes]], dtype=np.uint8)
             out.append(lut[k])
         return out
+
+    def refine_probs(self, image: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
+        """A2GNN's last step: probabilities ``[C, H, W]`` refined on the image (``uint8 [H, W, 3]``)."""
+        if self.cfg.refine == "crf":  # A2GNN's settings: Gaussian sxy 2 compat 3; bilateral sxy 50, srgb 5, compat 10
+            q = crf_refine(image, probs.numpy(), 10, pos_xy_std=2, pos_weight=3, bi_xy_std=50, bi_rgb_std=5,
+                           bi_weight=10)  # fmt: skip
+            return torch.from_numpy(q)
+        if self.cfg.refine == "par":
+            t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255
+            return par_refine(t, probs[None])[0]
+        return probs
 
     def seeds(self, image: np.ndarray, boxes: Sequence[Box], cams: Mapping[int, np.ndarray] | None) -> np.ndarray:
         """Box seeds ``uint8 [H, W]`` of an image (:func:`weakseg.refine.a2gnn.box_seeds` with the config's
@@ -274,7 +322,9 @@ class A2GNNMethod(Method):
         h, w = image.shape[:2]
         if cams:
             cams = {k: _resize(v, h, w) for k, v in cams.items()}
-        return box_seeds(boxes, image, cams or None, c.seed_fg_threshold, c.seed_core, c.colour_bins)
+        return box_seeds(
+            boxes, image, cams or None, c.seed_fg_threshold, c.seed_core, c.colour_bins, c.seed_box_background
+        )
 
 
 def _resize(m: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -124,7 +124,8 @@ def box_seeds(
     cams: Mapping[int, np.ndarray] | None = None,
     fg_threshold: float = 0.5,
     core: float = 0.6,
-    bins: int = 8,
+    bins: int = 16,
+    box_background: bool = True,
 ) -> np.ndarray:
     """A2GNN's box seeds ``uint8 [H, W]`` (module docstring, step 1).
 
@@ -132,7 +133,10 @@ def box_seeds(
     class: the box's central ellipse of relative size ``core`` replaces the CAM cue). A box pixel is ``c`` where
     the colour cue (:func:`colour_foreground`) and the CAM (or ellipse) cue agree; when they agree nowhere in a
     box, the CAM/ellipse cue alone, and failing that the box's centre pixel, so every box keeps a seed. A pixel
-    claimed by boxes of two classes is unknown. Outside every box: 0.
+    claimed by boxes of two classes is unknown. Outside every box: 0. ``box_background``: a box pixel where both
+    cues say "not the object" (its colour is more frequent outside the boxes, and the CAM is low or the pixel is
+    outside the ellipse) is background too, when every box holding it says so (GrabCut-style background inside
+    the box; without it the only background seeds are outside the boxes).
     """
     h, w = image.shape[:2]
     inside = np.zeros((h, w), dtype=bool)
@@ -142,6 +146,8 @@ def box_seeds(
     outside = ~inside
     claim = np.full((h, w), -1, dtype=np.int64)
     conflict = np.zeros((h, w), dtype=bool)
+    holders = np.zeros((h, w), dtype=np.int64)  # boxes holding the pixel
+    says_bg = np.zeros((h, w), dtype=np.int64)  # of those, the ones whose cues both say background
     for b in boxes:
         c = b.clip(h, w)
         if c.area == 0:
@@ -150,7 +156,10 @@ def box_seeds(
             cue = _box_normalised(cams[b.cls], c) >= fg_threshold
         else:
             cue = central_ellipse(c, core)
-        seed = cue & colour_foreground(image, c, outside, bins)
+        colour = colour_foreground(image, c, outside, bins)
+        seed = cue & colour
+        holders[c.y0 : c.y1, c.x0 : c.x1] += 1
+        says_bg[c.y0 : c.y1, c.x0 : c.x1] += ~cue & ~colour
         if not seed.any():
             seed = cue
         if not seed.any():
@@ -161,6 +170,8 @@ def box_seeds(
         view_conf |= seed & (view_claim >= 0) & (view_claim != b.cls)
         view_claim[seed & (view_claim < 0)] = b.cls
     out = np.where(inside, IGNORE, 0).astype(np.uint8)
+    if box_background:
+        out[inside & (says_bg == holders) & (claim < 0)] = 0
     keep = (claim >= 0) & ~conflict
     out[keep] = (claim[keep] + 1).astype(np.uint8)
     return out
@@ -269,6 +280,23 @@ def init_params(in_dim: int, hidden: int, layers: int, n_out: Sequence[int], see
     return GNNParams(torch.stack(w_in), torch.stack(beta), torch.stack(w_out))
 
 
+def dense_batch_adjacency(adj: torch.Tensor, radius: int) -> torch.Tensor:
+    """``[B, D, h, w]`` window adjacencies → dense ``[B, N, N]`` (``N = h·w``, raster order; zeros off-window)."""
+    return torch.stack([dense_adjacency(a, radius) for a in adj])
+
+
+def attention_dense(h: torch.Tensor, adj: torch.Tensor, beta: torch.Tensor, edge_scale: float = 10.0) -> torch.Tensor:
+    """:func:`attention_layer` on dense matrices, the official code's form: ``h`` ``[B, N, C]``, ``adj``
+    ``[B, N, N]`` (:func:`dense_batch_adjacency`), ``beta`` ``[B]`` → ``[B, N, C]``. Two batched matrix products
+    per layer; faster than the window form on a CPU for the grids used here (N of a few hundred)."""
+    hn = F.normalize(h, dim=2)
+    cos = hn @ hn.transpose(1, 2)
+    eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
+    keep = ((adj > 0) & (cos >= 0)) | eye
+    logits = (beta.view(-1, 1, 1) * cos + edge_scale * adj).masked_fill(~keep, float("-inf"))
+    return torch.softmax(logits, dim=2) @ h
+
+
 def gnn_forward(
     x: torch.Tensor,
     adj: torch.Tensor,
@@ -279,16 +307,19 @@ def gnn_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``B`` GNNs at once: node features ``x`` ``[B, C_in, h, w]`` → (logits ``[B, K, h, w]``, hidden ``[B, H, h, w]``).
 
-    ``channels`` ``bool [B, K]``: the output channels image ``b`` has (others get :data:`NEG`); ``keep``:
-    dropout mask ``[B, H, h, w]`` already scaled by ``1 / (1 - p)`` (None = no dropout).
+    ``adj``: the dense ``[B, N, N]`` adjacency (:func:`dense_batch_adjacency`); ``channels`` ``bool [B, K]``: the
+    output channels image ``b`` has (others get :data:`NEG`); ``keep``: dropout mask ``[B, H, h, w]`` already
+    scaled by ``1 / (1 - p)`` (None = no dropout).
     """
-    z = torch.relu(torch.einsum("bchw,bcd->bdhw", x, params.w_in))
+    b, _, h, w = x.shape
+    z = torch.relu(x.flatten(2).transpose(1, 2) @ params.w_in)  # [B, N, H]
     if keep is not None:
-        z = z * keep
+        z = z * keep.flatten(2).transpose(1, 2)
     for layer in range(params.beta.shape[1]):
-        z = attention_layer(z, adj, params.beta[:, layer], edge_scale)
-    logits = torch.einsum("bdhw,bdk->bkhw", z, params.w_out)
-    return logits.masked_fill(~channels[:, :, None, None], NEG), z
+        z = attention_dense(z, adj, params.beta[:, layer], edge_scale)
+    logits = (z @ params.w_out).transpose(1, 2).reshape(b, -1, h, w)
+    hidden = z.transpose(1, 2).reshape(b, -1, h, w)
+    return logits.masked_fill(~channels[:, :, None, None], NEG), hidden
 
 
 def upsample_grid(x: torch.Tensor, grids: Sequence[tuple[int, int]], scale: int) -> torch.Tensor:
@@ -469,7 +500,7 @@ class GraphBatch:
     x: torch.Tensor
     """``[B, C_in, gh, gw]`` node features"""
     adj: torch.Tensor
-    """``[B, D, gh, gw]`` window adjacency"""
+    """``[B, N, N]`` dense window adjacency (:func:`dense_batch_adjacency`)"""
     valid: torch.Tensor
     """``[B, 1, gh, gw]`` 1 on each image's own cells"""
     grids: list[tuple[int, int]]

@@ -169,12 +169,14 @@ def make_box_pseudo(cfg: BoxPseudoConfig) -> dict:
     if len(ds) == 0:
         raise DataError(f"split {cfg.split!r} of {cfg.data} has no images")
     record = {**stage_record(cfg), "method_config": stage_record(method.cfg, drop=())}
-    if begin_stage(out, "box-pseudo", record, overwrite=cfg.overwrite) == "complete" and (out / "metrics.json").is_file():
+    status = begin_stage(out, "box-pseudo", record, overwrite=cfg.overwrite)
+    if status == "complete" and (out / "metrics.json").is_file():
         return load_json(out / "metrics.json")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     boxes, box_source = split_boxes(ds, cfg.boxes, cfg.jitter, cfg.seed)
-    save_json(out / "boxes.json", {r.image_id: [[*b.as_tuple(), b.cls] for b in bx] for r, bx in zip(ds.records, boxes)})
+    listing = {r.image_id: [[*b.as_tuple(), b.cls] for b in bx] for r, bx in zip(ds.records, boxes, strict=True)}
+    save_json(out / "boxes.json", listing)
     t0 = time.perf_counter()
     net = train_box_affinity(cfg, method, ds, boxes, device)
     t_aff = time.perf_counter() - t0

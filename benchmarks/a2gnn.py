@@ -1,0 +1,142 @@
+"""A2GNN benchmarks (issue #15): batched vs one-image-at-a-time GNN speed, and the pseudo-label tables' raw JSON.
+
+Speed (same run, same images, same GNN options; the affinity network is untrained here: speed does not depend on
+its weights, and both modes label the same prepared images)::
+
+    OMP_NUM_THREADS=1 python benchmarks/a2gnn.py speed --data DIR --images 16 --batch 16 \
+        --json benchmarks/results/cpu-2026-11-30/a2gnn/speed.json
+
+prints images/s of ``label_batch`` on ``--batch`` images at a time and on one at a time, their ratio (target
+>= 4x), and the largest difference between the two modes' probabilities' labels (they train the same GNNs).
+
+Collect (copies a finished run's metrics into a results JSON with the command that made it)::
+
+    python benchmarks/a2gnn.py collect --pseudo RUN/pseudo [--seg-eval RUN/eval/seg/metrics.json] \
+        --config "..." --json benchmarks/results/cpu-2026-11-30/a2gnn/NAME.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weakseg.backbones import create_backbone
+from weakseg.data.registry import open_dataset
+from weakseg.engine.artifacts import save_json
+from weakseg.methods import create_method
+from weakseg.stages.box_pseudo import split_boxes
+
+
+def speed(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    method = create_method("a2gnn", args.preset, args.set)
+    ds = open_dataset(Path(args.data), split=args.split)
+    boxes, source = split_boxes(ds, "auto", 0.0, 0)
+    net = method.build(create_backbone(args.backbone, None, 8, True), ds.num_classes).eval()
+    t0 = time.perf_counter()
+    items = [method.prepare(net, ds[i].image_id, ds.load_image(i), boxes[i], None, i) for i in range(args.images)]
+    t_prepare = time.perf_counter() - t0
+    stride = net.output_stride
+
+    t0 = time.perf_counter()
+    batched = []
+    for s in range(0, len(items), args.batch):
+        batched += method.label_batch(items[s : s + args.batch], stride)
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = [method.label_batch([it], stride)[0] for it in items]
+    t_single = time.perf_counter() - t0
+    agree = float(np.mean([(a == b).mean() for a, b in zip(batched, single, strict=True)]))
+    n = len(items)
+    ratio = (n / t_batched) / (n / t_single)
+    out = {
+        "what": "A2GNN labelling (graph + per-image GNN training + labels) images/s, batched vs one at a time",
+        "data": str(args.data),
+        "split": args.split,
+        "boxes": source,
+        "images": n,
+        "batch": args.batch,
+        "preset": args.preset,
+        "set": list(args.set),
+        "method_config": json.loads(json.dumps(method.cfg, default=lambda o: o.__dict__)),
+        "backbone": args.backbone,
+        "seconds_prepare_features": round(t_prepare, 3),
+        "seconds_batched": round(t_batched, 3),
+        "seconds_one_at_a_time": round(t_single, 3),
+        "images_per_s_batched": round(n / t_batched, 4),
+        "images_per_s_one_at_a_time": round(n / t_single, 4),
+        "ratio": round(ratio, 3),
+        "target": ">= 4",
+        "met": ratio >= 4,
+        "pixel_agreement_batched_vs_single": round(agree, 6),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+    }
+    print(json.dumps({k: v for k, v in out.items() if k != "method_config"}, indent=1))
+    return out
+
+
+def collect(args: argparse.Namespace) -> dict:
+    pseudo = json.loads((Path(args.pseudo) / "metrics.json").read_text())
+    out = {
+        "pseudo_miou": pseudo.get("miou"),
+        "box_fill_miou": pseudo.get("box_fill_miou"),
+        "box_cam_miou": pseudo.get("box_cam_miou"),
+        "box_cam_threshold": pseudo.get("box_cam_threshold"),
+        "seeds_miou_labelled": pseudo.get("seeds_miou_labelled"),
+        "boxes": pseudo.get("boxes"),
+        "seeds": pseudo.get("seeds"),
+        "num_images": pseudo.get("num_images"),
+        "seconds_affinity": pseudo.get("seconds_affinity"),
+        "seconds_labels": pseudo.get("seconds_labels"),
+        "masks_read": pseudo.get("masks_read"),
+        "pseudo_config": json.loads((Path(args.pseudo) / "config.json").read_text()).get("record"),
+    }
+    if args.seg_eval:
+        seg = json.loads(Path(args.seg_eval).read_text())
+        out["seg_miou"] = seg.get("miou")
+        out["seg_masks_read"] = seg.get("masks_read")
+    if args.extra:
+        out.update(json.loads(Path(args.extra).read_text()))
+    out["config"] = args.config
+    print(json.dumps({k: v for k, v in out.items() if k != "pseudo_config"}, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", default="train")
+    s.add_argument("--images", type=int, default=16)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--preset", default="cpu")
+    s.add_argument("--set", nargs="*", default=[])
+    s.add_argument("--backbone", default="efficientnet-lite0")
+    s.add_argument("--json", default=None)
+    c = sub.add_parser("collect")
+    c.add_argument("--pseudo", required=True)
+    c.add_argument("--seg-eval", default=None)
+    c.add_argument("--extra", default=None, help="a JSON file whose keys are added")
+    c.add_argument("--config", default="", help="the commands / configuration that made the run")
+    c.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
+    result = speed(args) if args.cmd == "speed" else collect(args)
+    result["argv"] = sys.argv[1:] if argv is None else argv
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        save_json(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
