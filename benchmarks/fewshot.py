@@ -14,7 +14,8 @@ call stays within minutes on a CPU; the raw JSON of every (fold, method, shots) 
         --clip runs/fewshot/toy-clip-coco --fold 0 --episodes 1000
 
 Writes ``<json-dir>/<dataset>_fold<k>.json`` (every row, with the training history and the stage configs) and the
-stage folders under ``--work``.
+stage folders under ``--work``; ``python benchmarks/fewshot.py --summarize`` averages the folds measured so far into
+``summary.json`` / ``summary.md``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,41 @@ METHODS = {  # row name: (method, --set)
 }
 
 
+def summarize(json_dir: Path) -> None:
+    """Mean over the measured folds of each (dataset, row, shots) from ``<dataset>_fold<k>.json`` →
+    ``summary.json`` + ``summary.md`` in the same folder."""
+    table: dict[tuple[str, str, int], list[dict]] = {}
+    for path in sorted(json_dir.glob("*_fold*.json")):
+        d = json.loads(path.read_text())
+        for r in d["rows"]:
+            if "error" not in r:
+                table.setdefault((d["dataset"], r["row"], r["shots"]), []).append(r)
+    rows = []
+    for (dataset, row, shots), rs in sorted(table.items()):
+        folds = sorted(r["fold"] for r in rs)
+        rows.append({
+            "dataset": dataset, "row": row, "shots": shots, "folds": folds,
+            "miou": sum(r["miou"] for r in rs) / len(rs), "fb_iou": sum(r["fb_iou"] for r in rs) / len(rs),
+            "per_fold_miou": {r["fold"]: r["miou"] for r in rs}, "episodes": {r["fold"]: r["episodes"] for r in rs},
+        })  # fmt: skip
+    (json_dir / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| dataset | method | shots | folds | mIoU (%) | FB-IoU (%) | per-fold mIoU |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        per = ", ".join(f"{f}: {v:.1f}" for f, v in r["per_fold_miou"].items())
+        lines.append(f"| {r['dataset']} | {r['row']} | {r['shots']} | {len(r['folds'])} | {r['miou']:.2f} | "
+                     f"{r['fb_iou']:.2f} | {per} |")  # fmt: skip
+    (json_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=sorted(SETTINGS), required=True)
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--summarize", action="store_true", help="only write summary.json/.md from the fold JSONs")
+    ap.add_argument("--dataset", choices=sorted(SETTINGS))
+    ap.add_argument("--data", type=Path)
     ap.add_argument("--clip", type=Path, default=None, help="CLIP for the scl+clip row (a clip pretrain folder)")
-    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--fold", type=int)
     ap.add_argument("--episodes", type=int, default=1000, help="test episodes per fold, 1-shot")
     ap.add_argument("--episodes-5shot", type=int, default=None, help="test episodes for K > 1 (default: --episodes)")
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 5])
@@ -56,6 +86,11 @@ def main() -> None:
     ap.add_argument("--json-dir", type=Path, default=Path("benchmarks/results/cpu-2026-11-30/fewshot"))
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.json_dir)
+        return
+    if args.dataset is None or args.data is None or args.fold is None:
+        ap.error("--dataset, --data and --fold are required (or --summarize)")
 
     import torch
 

@@ -271,3 +271,17 @@ def test_clip_prior_shape_and_range(fs_data, toy_clip_dir):
     prior = ClipPrior(load_clip_weights(str(toy_clip_dir)), class_names(20), cfg)
     p = prior(torch.rand(1, 3, 80, 96), 3)
     assert p.shape == (4, 4) and float(p.min()) >= 0.0 and float(p.max()) <= 1.0 + 1e-6
+
+
+def test_feature_cache_gives_the_same_metrics(fs_data, tmp_path):
+    cache = tmp_path / "cache"
+    out = fewshot_train(FewShotTrainConfig(data=fs_data, out=tmp_path / "m", method="prototype", preset="tiny",
+                                           backbone="tiny", device="cpu", feature_cache=cache))  # fmt: skip
+    assert any(cache.rglob("*.safetensors"))
+    runs = [
+        fewshot_eval(
+            FewShotEvalConfig(model_dir=out, out=tmp_path / f"e{i}", episodes=8, device="cpu", feature_cache=c)
+        )  # fmt: skip
+        for i, c in enumerate((cache, cache, None))
+    ]
+    assert runs[0]["class_iou"] == runs[1]["class_iou"] == runs[2]["class_iou"]

@@ -274,7 +274,10 @@ def _episode_data(
 
 
 def _levels(backbone: str, weights: Path | None, cfg: FewShotConfig, device: torch.device) -> FeatureLevels:
-    return FeatureLevels(create_backbone(backbone, weights, cfg.output_stride)).to(device).eval()
+    # the frozen backbone is rebuilt from its name at eval time: a random one (``tiny``) must come out the same
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return FeatureLevels(create_backbone(backbone, weights, cfg.output_stride)).to(device).eval()
 
 
 def evaluate_episodes(
