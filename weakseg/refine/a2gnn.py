@@ -480,9 +480,9 @@ class GNNOptions:
     edge_scale: float = 10.0
     lr: float = 0.035
     weight_decay: float = 5e-4
-    epochs: int = 60
+    epochs: int = 30
     """epochs of balanced CE + MP loss (A2GNN box: 150)"""
-    crf_epochs: int = 40
+    crf_epochs: int = 20
     """further epochs with the gated-CRF term added (A2GNN box: 150)"""
     crf_weight: float = 0.01
     crf_radius: int = 5
