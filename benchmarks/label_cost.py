@@ -47,6 +47,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     "points-pce": ("--task", "scribble", "--method", "dfr", "--weak.kind", "points", "--scribble.preset", "pce"),
     "scribbles-dfr-shallow": ("--task", "scribble", "--method", "dfr", "--scribble.preset", "shallow"),
     "scribbles-dfr-static": ("--task", "scribble", "--method", "dfr", "--scribble.preset", "static"),
+    "scribbles-fch-only": ("--task", "scribble", "--method", "dfr", "--scribble.set", "reg_weight=0"),
+    "scribbles-dfr-reg0.01": ("--task", "scribble", "--method", "dfr", "--scribble.set", "reg_weight=0.01"),
 }
 
 
