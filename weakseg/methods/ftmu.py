@@ -81,9 +81,9 @@ class FTMUConfig:
     """encoder stages kept at their ImageNet weights (EfficientNet-Lite0 has 7; the tiny backbone needs 0)"""
     crop_size: int = 64
     """side (px) of the square crop the proposer sees"""
-    context: float = 0.5
+    context: float = 0.25
     """the crop is the box enlarged by this × its width (height) on each side"""
-    proposer_steps: int = 300
+    proposer_steps: int = 400
     """proposer training steps"""
     proposer_batch: int = 12
     proposer_lr: float = 1e-3
@@ -205,7 +205,7 @@ class BoxMaskNet(nn.Module):
     encoder's map with a stride-4 branch on the pixels (the encoder gives no intermediate maps).
     """
 
-    def __init__(self, backbone: Backbone, context: float = 0.5, width: int = 64):
+    def __init__(self, backbone: Backbone, context: float = 0.25, width: int = 64):
         super().__init__()
         self.backbone = backbone
         self.context = context
