@@ -96,6 +96,11 @@ def main() -> None:
                 f"{mode:14s} J {100 * s['j']:5.1f}  F {100 * s['f']:5.1f}  J&F {100 * s['jf']:5.1f}  "
                 f"{s['fps']:5.1f} fps  ({s['proposer_forwards_per_frame']:.1f} proposer forwards / frame)"
             )
+        if args.stage == "track":
+            o = result["oracle_box"]
+            print(
+                f"{'oracle box':14s} J {100 * o['j']:5.1f}  F {100 * o['f']:5.1f}  (proposer on the true box per frame)"
+            )
     result = {"stage": args.stage, "wall_s": time.perf_counter() - t0, "machine": machine(),
               "command": "python benchmarks/ftmu_davis.py " + " ".join(sys.argv[1:]), **result}  # fmt: skip
     name = {"proposer": "proposer.json", "agent": "agent.json", "track": "davis.json"}[args.stage]

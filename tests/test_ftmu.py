@@ -323,6 +323,7 @@ def test_stages_train_and_track_end_to_end(tmp_path):
     assert set(res["modes"]) == set(MODES)
     for m in res["modes"].values():
         assert 0 <= m["j"] <= 1 and 0 <= m["f"] <= 1 and m["fps"] > 0 and m["proposer_forwards_per_frame"] > 0
+    assert 0 <= res["oracle_box"]["j"] <= 1 and len(res["oracle_box"]["per_sequence"]) == 1
     saved = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert saved["modes"]["agent"]["jf"] == pytest.approx(res["modes"]["agent"]["jf"])
     assert len(list(Path(tmp_path / "t" / "masks" / "agent" / "v12").glob("*.png"))) == 4

@@ -332,6 +332,18 @@ def proposer_forward_seconds(proposer: BoxMaskNet, method: FTMUMethod, frame: np
     return float(np.median(times))
 
 
+def oracle_box_scores(tracker: Tracker, frames: np.ndarray, gt: np.ndarray, void: np.ndarray) -> dict:
+    """J and F of the proposer run on every frame's ground-truth box (empty where the object is absent)."""
+    preds = np.zeros_like(gt)
+    for t in range(len(frames)):
+        box = mask_box(gt[t])
+        if box is not None:
+            probs, _, _, _ = tracker.segment(tracker._frame(frames[t]), box[None])
+            preds[t] = probs[0].cpu().numpy() > tracker.cfg.threshold
+    sc = sequence_scores(list(gt), list(preds), list(void))
+    return {"j": sc.j_mean, "f": sc.f_mean}
+
+
 def track(cfg: TrackConfig) -> dict:
     for m in cfg.modes:
         if m not in MODES:
@@ -358,7 +370,7 @@ def track(cfg: TrackConfig) -> dict:
     maskrcnn = MaskRCNNProposer(cfg.proposer_weights, device) if cfg.proposer_weights is not None else None
     tracker = Tracker(proposer, method.cfg, device, agent, maskrcnn)
     per_seq: dict[str, list[dict]] = {m: [] for m in cfg.modes}
-    fwd = []
+    fwd, oracle = [], []
     for name in names:
         clip = load_clip(open_sequence(cfg.data, name), cfg.width, cfg.step, cfg.max_frames or None)
         void = clip.masks == 255
@@ -366,6 +378,7 @@ def track(cfg: TrackConfig) -> dict:
             gt = clip.masks == obj
             box0 = clip.first_box(obj)
             fwd.append(proposer_forward_seconds(proposer, method, clip.frames[0], box0, device))
+            oracle.append(oracle_box_scores(tracker, clip.frames, gt, void) | {"sequence": name, "object": obj})
             for mode in cfg.modes:
                 res = tracker.run(clip.frames, box0, mode)
                 sc = sequence_scores(list(gt), list(res.masks), list(void))
@@ -390,10 +403,14 @@ def track(cfg: TrackConfig) -> dict:
                          "jf": float(np.mean([r["jf"] for r in rows])), "fps": frames / secs,
                          "fps_over_proposer_fps": (frames / secs) * fwd_s,
                          "proposer_forwards_per_frame": (secs / frames) / fwd_s}  # fmt: skip
+    oracle_summary = {"j": float(np.mean([r["j"] for r in oracle])), "f": float(np.mean([r["f"] for r in oracle])),
+                      "per_sequence": oracle, "note": "the proposer on each frame's ground-truth box (reads the masks "
+                      "as input): its quality alone, an upper bound of box-driven tracking, not a method"}  # fmt: skip
     result = {"sequences": names, "agent_trained_on": trained_on, "overlap": overlap, "width": cfg.width,
               "step": cfg.step, "proposer_forward_s": fwd_s, "proposer_fps": 1 / fwd_s, "modes": summary,
-              "per_sequence": per_seq, "masks_read": "DAVIS annotations of the evaluation sequences, to score only "
-              "(frame 0's mask gives the box)"}  # fmt: skip
+              "per_sequence": per_seq, "oracle_box": oracle_summary,
+              "masks_read": "DAVIS annotations of the evaluation sequences: to score, frame 0's for its box, and "
+              "every frame's box for the oracle-box row only"}  # fmt: skip
     result["table"] = "\n".join(
         [f"{'mode':14s}     J     F   J&F    fps"]
         + [
