@@ -11,7 +11,8 @@ from torch import nn
 
 from weakseg.cams.cam import make_views
 from weakseg.config import apply_overrides
-from weakseg.methods.weclip import PRESETS, WECLIP_CRF, WeCLIPPredictor, crf_probs
+from weakseg.errors import ConfigError
+from weakseg.methods.weclip import PRESETS, WECLIP_CRF, WeCLIPMethod, WeCLIPPredictor, crf_probs
 
 pytest.importorskip("pydensecrf")
 
@@ -91,3 +92,8 @@ def test_crf_probs_uses_the_official_parameters(monkeypatch):
     out = crf_probs(np.zeros((4, 4, 3), np.uint8), p, 12.0)
     assert torch.equal(out, p)
     assert seen == {"iters": 10, "bi_xy_std": 12.0, **{k: v for k, v in WECLIP_CRF.items() if k != "iters"}}
+
+
+def test_crf_spatial_std_must_be_positive():
+    with pytest.raises(ConfigError, match="crf_bi_xy"):
+        WeCLIPMethod(apply_overrides(PRESETS["tiny"], ("crf_bi_xy=0",)))

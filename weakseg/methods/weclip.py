@@ -157,6 +157,8 @@ class WeCLIPConfig:
             raise ConfigError("attn_layers, rfm_layers, sinkhorn_iters, affinity_power and batch_size must be >= 1")
         if not 0 < self.box_threshold <= 1:
             raise ConfigError(f"box_threshold must be in (0, 1], got {self.box_threshold}")
+        if self.crf_bi_xy <= 0:
+            raise ConfigError(f"crf_bi_xy must be > 0 (pixels), got {self.crf_bi_xy}")
         if not self.clip_weights and self.input_size % self.toy.patch_size:
             raise ConfigError(f"input_size {self.input_size} is not a multiple of toy.patch_size {self.toy.patch_size}")
 
