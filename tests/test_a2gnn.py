@@ -80,6 +80,8 @@ def test_seeds_outside_boxes_are_background_and_inside_only_the_box_class_or_unk
     assert s[8, 3] == IGNORE or s[8, 3] == 0  # dark but on the ellipse's row band: never the object
     cams = {0: np.ones((24, 32), np.float32), 3: np.ones((24, 32), np.float32)}
     assert not (box_seeds(boxes, img, cams, box_background=True)[inside] == 0).any()  # CAM says object everywhere
+    zero = {0: np.zeros((24, 32), np.float32), 3: np.zeros((24, 32), np.float32)}  # a degenerate classifier
+    assert np.array_equal(box_seeds(boxes, img, zero), box_seeds(boxes, img, None))  # falls back to the ellipse
 
 
 def test_seed_cam_cue_and_overlap_conflict():

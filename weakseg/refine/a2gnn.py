@@ -129,8 +129,9 @@ def box_seeds(
 ) -> np.ndarray:
     """A2GNN's box seeds ``uint8 [H, W]`` (module docstring, step 1).
 
-    ``image`` ``uint8 [H, W, 3]``; ``boxes`` inside it; ``cams``: class → ``float [H, W]`` (None or a missing
-    class: the box's central ellipse of relative size ``core`` replaces the CAM cue). A box pixel is ``c`` where
+    ``image`` ``uint8 [H, W, 3]``; ``boxes`` inside it; ``cams``: class → ``float [H, W]`` (None, a missing
+    class or a CAM that is 0 all over the box: the box's central ellipse of relative size ``core`` replaces the CAM
+    cue). A box pixel is ``c`` where
     the colour cue (:func:`colour_foreground`) and the CAM (or ellipse) cue agree; when they agree nowhere in a
     box, the CAM/ellipse cue alone, and failing that the box's centre pixel, so every box keeps a seed. A pixel
     claimed by boxes of two classes is unknown. Outside every box: 0. ``box_background``: a box pixel where both
@@ -152,9 +153,10 @@ def box_seeds(
         c = b.clip(h, w)
         if c.area == 0:
             continue
-        if cams is not None and b.cls in cams:
-            cue = _box_normalised(cams[b.cls], c) >= fg_threshold
-        else:
+        cam = cams.get(b.cls) if cams is not None else None
+        if cam is not None and float(np.max(cam[c.y0 : c.y1, c.x0 : c.x1])) > 1e-6:
+            cue = _box_normalised(cam, c) >= fg_threshold
+        else:  # no CAM, or one that is zero all over the box
             cue = central_ellipse(c, core)
         colour = colour_foreground(image, c, outside, bins)
         seed = cue & colour
