@@ -75,7 +75,7 @@ class FewShotTrainConfig(DataInput, StageOutput):
     method: str = "scl"
     """prototype (PANet-style baseline) or scl"""
     preset: str = "cpu"
-    """cpu (128 px, 64 channels), paper (473 px, 256 channels, 200 epochs) or tiny (tests)"""
+    """cpu (96 px, 32 channels, 8 epochs), paper (473 px, 256 channels, 200 epochs, SGD) or tiny (tests)"""
     set: tuple[str, ...] = field(default_factory=tuple)
     """KEY=VALUE overrides of the method config, e.g. prior=visual+clip clip_weights=runs/toy-clip epochs=4"""
     backbone: str = "efficientnet-lite0"
