@@ -13,11 +13,13 @@ Settings (training split → evaluation split; groups = images sharing a target)
 
 - ``synthetic``: the synthetic benchmark (``weakseg data synth --size small``, seed 0): train split → val split,
   grouped by image-level class, the co-salient mask = that class's mask (other objects are distractors);
+- ``synthetic-long``: the same with 2.5× the steps (250 groups);
 - ``coco128``: coco128-seg's one split halved by record index: even → odd, grouped by class (person, car,
   dog, ...; a class needs 2 images in a half), the mask = that class's pixels;
 - ``davis``: DAVIS-2016 frames (every 3rd for training, every 5th for evaluation) grouped by object category
   across sequences: sequences ``cosal-train`` (blackswan, bmx-trees, car-roundabout, cows, dog, goat) →
-  ``cosal-eval`` (drift-chicane: car, kite-surf + parkour: person, libby: dog), the mask = the annotated object.
+  ``cosal-eval`` (drift-chicane: car, kite-surf + parkour: person, libby: dog), the mask = the annotated object;
+- ``davis-long``: the same with 2.5× the steps (250 groups).
 """
 
 from __future__ import annotations
@@ -54,10 +56,14 @@ class Setting:
 SETTINGS = {
     "synthetic": Setting("/tmp/dcfm/synth-small", "train", "val", GroupOptions(), GroupOptions(),
                          ("epochs=2", "groups_per_epoch=50"), max_groups_per_target=2),
+    "synthetic-long": Setting("/tmp/dcfm/synth-small", "train", "val", GroupOptions(), GroupOptions(),
+                              ("epochs=5", "groups_per_epoch=50"), max_groups_per_target=2),
     "coco128": Setting("../shared/data/coco128-seg", "all", "all", GroupOptions(images="even"),
                        GroupOptions(images="odd"), ("epochs=2", "groups_per_epoch=47")),
     "davis": Setting("../shared/data/davis2016", "cosal-train", "cosal-eval", GroupOptions(davis_every=3),
                      GroupOptions(davis_every=5), ("epochs=2", "groups_per_epoch=50"), max_groups_per_target=4),
+    "davis-long": Setting("../shared/data/davis2016", "cosal-train", "cosal-eval", GroupOptions(davis_every=3),
+                          GroupOptions(davis_every=5), ("epochs=5", "groups_per_epoch=50"), max_groups_per_target=4),
 }  # fmt: skip
 
 
@@ -69,7 +75,10 @@ def table(folder: Path) -> str:
         r = load_json(path)
         e, m = r["eval"], r["eval"]["metrics"]
         name = path.stem.removeprefix(f"{r['setting']}-")
-        lines.append(f"| {r['setting']} | {r['train_split']} → {r['eval_split']} | {e['groups']} / {e['images']} | "
+        st = SETTINGS[r["setting"]]
+        half = {"all": ""} | {h: f" ({h} records)" for h in ("even", "odd")}
+        splits = f"{r['train_split']}{half[st.train_groups.images]} → {r['eval_split']}{half[st.eval_groups.images]}"
+        lines.append(f"| {r['setting']} | {splits} | {e['groups']} / {e['images']} | "
                      f"{name} | {m['smeasure']:.4f} | {m['max_fmeasure']:.4f} | {m['max_emeasure']:.4f} | "
                      f"{m['mae']:.4f} | {r['train_wall_s']:.0f} |")  # fmt: skip
     return "\n".join(lines)
