@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.ops import roi_align
 
 from weakseg.backbones import Backbone, create_backbone
 from weakseg.engine.checkpoint import load_weights_file
@@ -164,9 +165,7 @@ def crop_box(box: np.ndarray, context: float) -> np.ndarray:
 
 
 def crop_frames(frame: torch.Tensor, windows: np.ndarray, size: int) -> torch.Tensor:
-    """Bilinear crops ``[K, 3, size, size]`` of ``frame [3, H, W]`` over ``windows [K, 4]`` (outside = 0)."""
-    from torchvision.ops import roi_align
-
+    """Bilinear crops ``[K, C, size, size]`` of ``frame [C, H, W]`` over ``windows [K, 4]`` (outside = 0)."""
     rois = torch.as_tensor(np.asarray(windows, np.float32), device=frame.device)
     rois = torch.cat([rois.new_zeros(len(rois), 1), rois], 1)
     return roi_align(frame[None], rois, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
