@@ -76,7 +76,8 @@ def eval_data_synthetic(work: Path) -> Path:
 
 
 def sod(args: argparse.Namespace) -> dict:
-    work = args.work / args.dataset / args.method
+    name = args.method + (f"_{args.tag}" if args.tag else "")
+    work = args.work / args.dataset / name
     sets = [f"epochs={args.epochs}", f"input_size={args.input_size}", *args.set]
     if args.dataset == "synthetic":
         train = {"data": synth(args.work / "synth_seed1", 1), "fmt": "voc", "split": "train", "frame_step": 4}
@@ -98,6 +99,8 @@ def sod(args: argparse.Namespace) -> dict:
         "figure": "scribble SOD",
         "dataset": args.dataset,
         "method": args.method,
+        "tag": args.tag,
+        "seed": args.seed,
         "supervision": "full masks" if args.method == "sod-full" else "scribbles (simulated, seeded)",
         "backbone": args.backbone,
         "method_config": json.loads((model / "config.json").read_text())["record"]["method_config"],
@@ -119,7 +122,7 @@ def sod(args: argparse.Namespace) -> dict:
         "masks_read": metrics.get("masks_read"),
         "machine": machine(),
     }
-    _save(args.json_dir / f"sod_{args.dataset}_{args.method}.json", result)
+    _save(args.json_dir / f"sod_{args.dataset}_{name}.json", result)
     return result
 
 
@@ -187,17 +190,31 @@ def pseudo(args: argparse.Namespace) -> dict:
     return result
 
 
+def coverage(args: argparse.Namespace) -> dict:
+    """How much of each image the saliency maps of the ``pseudo`` step call salient (MCIS's rule reads 1 - saliency
+    as the background score and ``saliency >= 32/255`` as salient), against the ground truth's share."""
+    out = {}
+    for name in ("sal_scwssod", "sal_sod-pce", "sal_ground_truth"):
+        folder = args.work / "pseudo" / name
+        maps = [np.asarray(Image.open(f), dtype=np.float64) / 255 for f in sorted(folder.glob("*.png"))]
+        out[name] = {"images": len(maps), "mean_saliency": float(np.mean([m.mean() for m in maps])),
+                     "fraction_at_least_32_255": float(np.mean([(m >= 32 / 255).mean() for m in maps])),
+                     "fraction_at_least_half": float(np.mean([(m >= 0.5).mean() for m in maps]))}  # fmt: skip
+    result = {"figure": "saliency coverage of the demo train split", "maps": out, "machine": machine()}
+    _save(args.json_dir / "pseudo_saliency_coverage.json", result)
+    print(json.dumps(out, indent=1))
+    return result
+
+
 def summary(args: argparse.Namespace) -> dict:
     rows, md = [], ["| dataset | method | MAE ↓ | max Fβ | mean Fβ | adaptive Fβ | Sα | train images | train s |",
                     "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for dataset in ("synthetic", "davis"):
-        for method in ("scwssod", "sod-pce", "sod-full"):
-            path = args.json_dir / f"sod_{dataset}_{method}.json"
-            if not path.is_file():
-                continue
+        for path in sorted(args.json_dir.glob(f"sod_{dataset}_*.json")):
             r = json.loads(path.read_text())
             m = r["metrics"]
-            rows.append({"dataset": dataset, "method": method, **m})
+            method = r["method"] + (f" ({r['tag']})" if r.get("tag") else "")
+            rows.append({"dataset": dataset, "method": method, "seed": r.get("seed", 0), **m})
             md.append(f"| {dataset} | {method} | {m['mae']:.4f} | {m['max_fmeasure']:.4f} | {m['mean_fmeasure']:.4f} | "
                       f"{m['adaptive_fmeasure']:.4f} | {m['smeasure']:.4f} | {r['train']['images']} | "
                       f"{r['train']['seconds']} |")  # fmt: skip
@@ -218,7 +235,7 @@ def summary(args: argparse.Namespace) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("sod", "pseudo", "summary"))
+    ap.add_argument("step", choices=("sod", "pseudo", "coverage", "summary"))
     ap.add_argument("--dataset", choices=("synthetic", "davis"), default="synthetic")
     ap.add_argument("--method", choices=("scwssod", "sod-pce", "sod-full"), default="scwssod")
     ap.add_argument("--backbone", default="efficientnet-lite0")
@@ -227,7 +244,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="more KEY=VALUE overrides of the method config")
     ap.add_argument("--train-step", type=int, default=5, help="DAVIS: every n-th frame of the train half")
     ap.add_argument("--eval-step", type=int, default=10, help="DAVIS: every n-th frame of the eval half")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (init, order, flips); scribbles stay seed 0")
+    ap.add_argument("--tag", default="", help="suffix of the run's JSON and work folder (variants, seeds)")
     ap.add_argument("--davis", type=Path, default=DAVIS)
     ap.add_argument("--work", type=Path, default=Path("/tmp/scwssod_bench"))
     ap.add_argument("--json-dir", type=Path, default=JSON_DIR)
@@ -236,7 +254,7 @@ def main() -> None:
         args.epochs = 8 if args.dataset == "synthetic" else 16
     if args.input_size is None:
         args.input_size = 112 if args.dataset == "synthetic" else 128
-    {"sod": sod, "pseudo": pseudo, "summary": summary}[args.step](args)
+    {"sod": sod, "pseudo": pseudo, "coverage": coverage, "summary": summary}[args.step](args)
 
 
 if __name__ == "__main__":
