@@ -343,3 +343,13 @@ def test_weakseg_run_task_video(tmp_path):
     assert set(summary["video"]) == {"sequences", "propagate", "agent"}
     with pytest.raises(ConfigError, match="does not run task"):
         run(dataclasses.replace(cfg, method="mcis"))
+
+
+def test_more_proposer_steps_extend_a_finished_run(tmp_path):
+    cfg = TrainProposerConfig(out=tmp_path / "p", preset="tiny", synth_videos=1, device="cpu")
+    train_proposer(cfg)
+    first = json.loads((tmp_path / "p" / "metrics.json").read_text())["steps"]
+    train_proposer(dataclasses.replace(cfg, set=("proposer_steps=8",)))  # resumes, not refused
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["steps"] > first
+    with pytest.raises(ConfigError, match="crop_size"):
+        train_proposer(dataclasses.replace(cfg, set=("crop_size=40",)))  # another network: refused

@@ -150,7 +150,10 @@ def train_proposer(cfg: TrainProposerConfig) -> Path:
     c = method.cfg
     out = Path(cfg.out)
     record = {**stage_record(cfg), "method_config": c}
-    if begin_stage(out, "train-proposer", record, overwrite=cfg.overwrite) == "complete":
+    # more steps extend a finished run (the loop resumes from its saved state); ``set`` may differ only by them,
+    # since every other override shows up in ``method_config``
+    extend = ("method_config.proposer_steps", "set")
+    if begin_stage(out, "train-proposer", record, overwrite=cfg.overwrite, may_change=extend) == "complete":
         return out
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
