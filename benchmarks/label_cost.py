@@ -49,6 +49,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "scribbles-dfr-static": ("--task", "scribble", "--method", "dfr", "--scribble.preset", "static"),
     "scribbles-fch-only": ("--task", "scribble", "--method", "dfr", "--scribble.set", "reg_weight=0"),
     "scribbles-dfr-reg0.01": ("--task", "scribble", "--method", "dfr", "--scribble.set", "reg_weight=0.01"),
+    "scribbles-dfr-fch-detached": ("--task", "scribble", "--method", "dfr", "--scribble.set", "fch_detach=true"),
 }
 
 

@@ -233,6 +233,15 @@ def test_method_step_trains_the_segmenter_and_the_fch():
     losses["loss"].backward()
     assert net.fch[0].weight.grad is not None and net.fch[0].weight.grad.abs().sum() > 0
     assert method.export(net) is net.seg
+    # fch_detach: the pair loss trains the FCH only
+    detached = create_method("dfr", "tiny", ("fch_detach=true", "reg_weight=0"))
+    torch.manual_seed(0)
+    net = detached.wrap(create_segmenter("tiny", 3), "tiny")
+    losses = detached.step(net, (images, torch.full_like(target, 255)), epoch=0)  # no labels: pCE 0
+    fch_only = detached.step(net, (images, target), epoch=0)["fch"]
+    fch_only.backward()
+    assert losses["pce"].item() == 0 and net.fch[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.seg.parameters())
 
 
 # ---------------------------------------------------------------------------- weak labels stage, task

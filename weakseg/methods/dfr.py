@@ -91,6 +91,8 @@ class DFRConfig:
     """weight of the FCH pair loss; 0 = the FCH is not trained (its features stay random)"""
     fch_pixels: int = 256
     """labelled pixels per image drawn for the FCH pair loss"""
+    fch_detach: bool = False
+    """train the FCH on detached segmenter features: its pair loss then trains the FCH only, not the segmenter"""
 
     def check(self) -> None:
         if self.kernel not in KERNEL_MODES:
@@ -123,11 +125,19 @@ class DFRNet(nn.Module):
     ``static=True`` a frozen copy of the network as built (before any training) gives :meth:`kernel_features`.
     """
 
-    def __init__(self, seg: Segmenter, arch: str, fch_dim: int = 32, fch_hidden: int = 64, static: bool = False):
+    def __init__(
+        self,
+        seg: Segmenter,
+        arch: str,
+        fch_dim: int = 32,
+        fch_hidden: int = 64,
+        static: bool = False,
+        detach_fch: bool = False,
+    ):
         super().__init__()
         if arch not in HEAD_CONV:
             raise unknown_name("DFR segmenter architecture", arch, HEAD_CONV)
-        self.seg, self.arch = seg, arch
+        self.seg, self.arch, self.detach_fch = seg, arch, detach_fch
         cin = HEAD_CONV[arch](seg).in_channels
         self.fch = nn.Sequential(
             nn.Conv2d(cin, fch_hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(fch_hidden, fch_dim, 1)
@@ -145,7 +155,8 @@ class DFRNet(nn.Module):
             logits = self.seg(x)
         finally:
             handle.remove()
-        feats = F.normalize(self.fch(captured[0]), dim=1)
+        trunk = captured[0].detach() if self.detach_fch else captured[0]
+        feats = F.normalize(self.fch(trunk), dim=1)
         h, w = x.shape[-2:]
         s = self.seg.stride
         fh = math.ceil(h * feats.shape[-2] / (h + (-h) % s))
@@ -238,7 +249,7 @@ class DFRMethod(ScribbleMethod):
     def wrap(self, seg: Segmenter, arch: str) -> DFRNet:
         c = self.cfg
         static = c.features == "static" and c.kernel != "shallow" and c.reg_weight > 0
-        return DFRNet(seg, arch, c.fch_dim, c.fch_hidden, static=static)
+        return DFRNet(seg, arch, c.fch_dim, c.fch_hidden, static=static, detach_fch=c.fch_detach)
 
     def export(self, net: nn.Module) -> Segmenter:
         return _unwrap(net).seg
