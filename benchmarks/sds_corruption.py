@@ -38,7 +38,7 @@ import numpy as np
 
 from weakseg.data.corrupt import CORRUPTIONS, corrupt_dataset
 from weakseg.data.registry import open_dataset
-from weakseg.methods.sds import CAM_WEIGHTS, PCS_SCORES, SDSConfig
+from weakseg.methods.sds import CAM_WEIGHTS, PCS_SCORES, SDSConfig, sds_preset
 from weakseg.stages.select import decide
 
 
@@ -112,8 +112,10 @@ def main() -> None:
     ap.add_argument("--preset", default="toy", help="SDS preset of `weakseg select`")
     ap.add_argument("--set", nargs="*", default=[], help="SDS overrides KEY=VALUE")
     ap.add_argument("--arch", default="deeplabv3plus")
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=96, help="train-seg crop (px)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-seeds", type=int, nargs="+", default=[0], help="seeds of the random same-size subsets")
     ap.add_argument("--stop-after", choices=("select", "seg"), default="seg")
     a = ap.parse_args()
     w, log = a.work, []
@@ -121,7 +123,7 @@ def main() -> None:
     t_all = time.perf_counter()
     data, clip_data, corrupt = w / "data-small", w / "clipdata-seed1", w / "corrupt"
     for root, seed in ((data, 0), (clip_data, 1)):
-        if not (root / "DONE").is_file():
+        if not (root / "synth.json").is_file():
             sh(["data", "synth", "--out", str(root), "--size", "small", "--seed", str(seed)], log)
     clip = a.clip_weights or str(w / "toy-clip")
     if not a.clip_weights:
@@ -134,7 +136,7 @@ def main() -> None:
         log.append({"command": f"corrupt_dataset(per_type={a.per_type}, seed={a.seed})",
                     "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
     manifest = json.loads((corrupt / "corruptions.json").read_text())
-    sel = w / f"select-{a.preset}"
+    sel = w / "-".join(["select", a.preset, *(x.replace("=", "") for x in a.set)])
     sh(["select", "--data", str(corrupt), "--out", str(sel), "--clip-weights", clip, "--preset", a.preset,
         *(["--set", *a.set] if a.set else []), "--device", "cpu"], log)  # fmt: skip
     rows = json.loads((sel / "scores.json").read_text())
@@ -157,31 +159,44 @@ def main() -> None:
         result["variants"][f"pcs={ps},asf={cw}"] = {
             k: m[k] for k in ("dropped", "precision", "recall", "clean_dropped_share")
         } | {"recall_per_type": {t: v["recall"] for t, v in m["per_type"].items()}}
+    paper = sds_preset("paper")  # the official threshold on the same (entropy, none) scores
+    alt = [{**r, "pcs": r["pcs_variants"]["entropy"], "asf": r["asf_variants"]["none"]} for r in rows]
+    decide(alt, paper, names)
+    m = selection_metrics(alt, manifest["corrupted"])
+    result["variants"]["preset=paper (PCS > 0.1, asf_keep 0.5)"] = {
+        k: m[k] for k in ("dropped", "precision", "recall", "clean_dropped_share")
+    } | {"recall_per_type": {t: v["recall"] for t, v in m["per_type"].items()}}
     a.results.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sel / "scores.csv", a.results / "scores.csv")
     if a.stop_after == "seg":
         kept = (sel / "kept.txt").read_text().split()
         ids = [r["image_id"] for r in rows]
-        rng = np.random.default_rng(a.seed)
-        random_ids = sorted(rng.choice(ids, size=len(kept), replace=False).tolist())
-        (w / "random.txt").write_text("\n".join(random_ids) + "\n")
         (w / "all.txt").write_text("\n".join(ids) + "\n")
-        lists = {"sds_kept": sel / "kept.txt", "all": w / "all.txt", "random_same_size": w / "random.txt"}
+        lists = {"sds_kept": sel / "kept.txt", "all": w / "all.txt"}
+        for s in a.random_seeds:  # seeded random subsets of the kept list's size
+            rng = np.random.default_rng(s)
+            random_ids = sorted(rng.choice(ids, size=len(kept), replace=False).tolist())
+            suffix = "" if s == a.seed else f"_seed{s}"
+            (w / f"random{suffix}.txt").write_text("\n".join(random_ids) + "\n")
+            lists[f"random_same_size{suffix}"] = w / f"random{suffix}.txt"
         seg = {}
         for name, ids_file in lists.items():
-            out = w / f"seg-{name}-{a.arch}-e{a.epochs}"
+            out = w / f"seg-{name}-{a.arch}-e{a.epochs}-c{a.crop}"
             n = len(ids_file.read_text().split())
             sh(["train-seg", "--data", str(corrupt), "--out", str(out), "--supervision", "full", "--keep",
-                str(ids_file), "--arch", a.arch, "--train.epochs", str(a.epochs), "--seed", str(a.seed),
-                "--device", "cpu"], log)  # fmt: skip
+                str(ids_file), "--arch", a.arch, "--train.epochs", str(a.epochs), "--crop", str(a.crop),
+                "--seed", str(a.seed), "--device", "cpu"], log)  # fmt: skip
             ev = out / "eval-val"
             if not (ev / "metrics.json").is_file():
                 sh(["eval-seg", "--seg-dir", str(out), "--data", str(corrupt), "--out", str(ev), "--split", "val",
                     "--scales", "1.0", "--no-flip", "--device", "cpu"], log)  # fmt: skip
             m = json.loads((ev / "metrics.json").read_text())
-            bad = sum(i in manifest["corrupted"] for i in ids_file.read_text().split())
-            seg[name] = {"images": n, "corrupted_in_train": bad, "val_miou": m["miou"]}
-        result["segmenter"] = {"arch": a.arch, "epochs": a.epochs, "seed": a.seed, "eval": "val split (clean), scale 1,"
+            listed = ids_file.read_text().split()
+            by_type = {t: sum(manifest["corrupted"].get(i) == t for i in listed) for t in CORRUPTIONS}
+            seg[name] = {"images": n, "corrupted_in_train": sum(by_type.values()), "corrupted_by_type": by_type,
+                         "val_miou": m["miou"]}  # fmt: skip
+        result["segmenter"] = {"arch": a.arch, "epochs": a.epochs, "crop": a.crop, "seed": a.seed,
+                               "eval": "val split (clean), scale 1,"
                                " no flip", "runs": seg}  # fmt: skip
     result["commands"] = log
     result["total_seconds"] = round(time.perf_counter() - t_all, 1)
