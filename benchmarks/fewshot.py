@@ -132,7 +132,7 @@ def main() -> None:
             rows.append({
                 "row": name, "method": method, "prior": res["prior"], "shots": shots, "fold": args.fold,
                 "miou": 100 * res["miou"], "fb_iou": 100 * res["fb_iou"], "episodes": res["episodes"],
-                "class_iou": {k: (None if v != v else 100 * v) for k, v in res["class_iou"].items()},
+                "class_iou": {k: (None if v is None or v != v else 100 * v) for k, v in res["class_iou"].items()},
                 "episodes_per_class": res["episodes_per_class"],
                 "classes_without_episodes": res["classes_without_episodes"],
                 "train_seconds": train_s, "eval_seconds": time.perf_counter() - t1,

@@ -224,6 +224,7 @@ def test_meter_accumulates_over_episodes_per_class():
     m.update(4, np.array([[1, 1, 255, 0]]), np.array([[1, 1, 1, 0]]))  # fg I=2 U=2 → class 4: 1
     r = m.result()
     assert r["class_iou"] == {"3": 0.5, "4": 1.0} and r["miou"] == pytest.approx(0.75)
+    assert FewShotMeter([1, 2]).result()["class_iou"] == {"1": None, "2": None}  # no episode: None, not NaN
     # bg over all: I = 2 + 2 + 1 = 5, U = 3 + 3 + 1 = 7; fg: I = 4, U = 6
     assert r["fb_iou"] == pytest.approx(0.5 * (5 / 7 + 4 / 6))
 

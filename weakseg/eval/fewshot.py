@@ -49,7 +49,8 @@ class FewShotMeter:
         return out
 
     def result(self) -> dict:
-        """``{"miou", "fb_iou", "class_iou", "episodes", ...}``; IoUs as fractions in [0, 1]."""
+        """``{"miou", "fb_iou", "class_iou", "episodes", ...}``; IoUs as fractions in [0, 1]; a class without
+        episodes has ``class_iou`` None and is left out of the mIoU."""
         ious = self.class_iou()
         valid = [v for v in ious.values() if not np.isnan(v)]
         total = sum(self.fg.values(), np.zeros((2, 3), dtype=np.int64))
@@ -57,10 +58,16 @@ class FewShotMeter:
         fg = _iou(total[1, 1], total[0, 1], total[1, 0] + total[1, 2])
         parts = [v for v in (bg, fg) if not np.isnan(v)]
         names = self.class_names
+
+        def key(c: int) -> str:
+            return names[c] if names else str(c)
+
         return {
             "miou": float(np.mean(valid)) if valid else float("nan"),
             "fb_iou": float(np.mean(parts)) if parts else float("nan"),
-            "class_iou": {(names[c] if names else str(c)): ious[c] for c in self.classes},
-            "episodes_per_class": {(names[c] if names else str(c)): self.episodes[c] for c in self.classes},
+            "class_iou": {
+                (names[c] if names else str(c)): (None if np.isnan(ious[c]) else ious[c]) for c in self.classes
+            },
+            "episodes_per_class": {key(c): self.episodes[c] for c in self.classes},
             "episodes": int(sum(self.episodes.values())),
         }
