@@ -21,7 +21,7 @@ Few-Shot Segmentation", CVPR 2021; the facts below as read in their ``util/datas
 classes from the training classes only. A training image may still *show* a test-fold class in its background;
 ``novel_pixels`` says what happens to it:
 
-- ``"exclude"`` (default): the image is left out of training (BAM's ``filter_intersection``);
+- ``"exclude"`` (default): the image is left out of training (the ``filter_intersection`` option of later FSS code);
 - ``"ignore"``: the image is kept and those pixels are 255 in its binary target (never a training target,
   never counted as background);
 - ``"background"``: kept, those pixels are background — what PFENet/SCL's list building does (it keeps every

@@ -2,9 +2,9 @@
 
 Papers:
 
-- **SCL** — Bingfeng Zhang, Jimin Xiao, Terry Qin, "Self-Guided and Cross-Guided Learning for Few-Shot
+- **SCL** — Zhang, Xiao, Qin, "Self-Guided and Cross-Guided Learning for Few-Shot
   Segmentation", CVPR 2021 (official code ``zbf1991/SCL``, PFENet variant).
-- **PI-CLIP** — Jin Wang, Bingfeng Zhang, Jian Pang, Honglong Chen, Weifeng Liu, "Rethinking Prior Information
+- **PI-CLIP** — Wang et al., "Rethinking Prior Information
   Generation with CLIP for Few-Shot Segmentation", CVPR 2024 (official code ``vangjin/PI-CLIP``).
 - **Prototype baseline** — PANet (Wang et al., ICCV 2019): masked average pooling + cosine, with its prototype
   alignment loss.
