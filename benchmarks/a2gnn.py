@@ -139,7 +139,10 @@ def collect(args: argparse.Namespace) -> dict:
         best = max(sweep, key=lambda k: sweep[k] or -1)
         out["box_cam_sweep"] = {"miou_by_threshold": sweep, "best_threshold": float(best), "best_miou": sweep[best],
                                 "note": "threshold tuned on the masks: an optimistic baseline"}  # fmt: skip
-    out["config"] = args.config
+    try:
+        out["config"] = json.loads(args.config)
+    except json.JSONDecodeError:
+        out["config"] = args.config
     print(json.dumps({k: v for k, v in out.items() if k != "pseudo_config"}, indent=1))
     return out
 
