@@ -96,6 +96,7 @@ def run_row(name: str, args: argparse.Namespace, seg: dict) -> dict:
         "background_share_of_labelled_pixels": background_share(out / "weak" if weak else None, args.work / "data"),
         "masks_read": {"weak": weak.get("masks_read"), "segmenter": summary["segmenter"].get("masks_read")},
         "wall_s_this_call": None if args.collect else round(time.perf_counter() - t0, 1),
+        "per_class_val": json.loads((out / "eval" / "seg" / "metrics.json").read_text()).get("per_class"),
         "timings_s": summary.get("timings_s"),
         "summary": summary,
     }
