@@ -473,7 +473,8 @@ TASKS["box"] = Task(
 )
 
 PLANNED: dict[str, str] = {
-    "few-shot": "K annotated examples of a new class (SCL, PI-CLIP)",
+    "few-shot": "K annotated examples of a new class; not a `weakseg run` task yet: its methods (prototype, SCL, "
+    "PI-CLIP prior) run as `weakseg fewshot train` / `weakseg fewshot eval`",
 }
 """task slots whose methods are not implemented yet: named by ``--task``, refused with this description"""
 
