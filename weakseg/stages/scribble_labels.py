@@ -154,7 +154,7 @@ def make_weak_labels(cfg: WeakLabelsConfig) -> dict:
             + (" (to simulate the labels, and to score them)" if source == "simulate" else " (to score them)")
             if ds.has_masks
             else None
-        ),  # fmt: skip
+        ),
     }
     save_json(out / "metrics.json", metrics)
     mark_done(out, metrics)
