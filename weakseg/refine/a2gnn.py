@@ -78,16 +78,19 @@ def _box_normalised(cam: np.ndarray, b: Box) -> np.ndarray:
     return region / top if top > 1e-6 else np.zeros_like(region)
 
 
-def box_cam_label(boxes: Sequence[Box], cams: Mapping[int, np.ndarray], h: int, w: int, threshold: float) -> np.ndarray:
+def box_cam_label(
+    boxes: Sequence[Box], cams: Mapping[int, np.ndarray], h: int, w: int, threshold: float, fill_empty: bool = False
+) -> np.ndarray:
     """The box ∩ CAM baseline ``uint8 [h, w]``: inside a box of class ``c``, ``c`` where ``c``'s CAM divided by its
     maximum inside the box is at least ``threshold``; everything else 0. Smaller boxes are drawn on top (their
     foreground overwrites a larger box's). ``cams``: class → ``float [h, w]``; a box whose class has no CAM is
-    filled (box-fill)."""
+    filled (box-fill), and so is one whose CAM is 0 all over the box when ``fill_empty``."""
     out = np.zeros((h, w), dtype=np.uint8)
     for b in _by_area(boxes):
         c = b.clip(h, w)
         view = out[c.y0 : c.y1, c.x0 : c.x1]
-        if b.cls in cams:
+        empty = b.cls in cams and float(np.max(cams[b.cls][c.y0 : c.y1, c.x0 : c.x1])) <= 1e-6
+        if b.cls in cams and not (fill_empty and empty):
             view[_box_normalised(cams[b.cls], c) >= threshold] = b.cls + 1
         else:
             view[...] = b.cls + 1
