@@ -52,6 +52,10 @@ def test_box_cam_label_thresholds_the_box_normalised_cam():
     out = box_cam_label([Box(0, 0, 4, 4, 1)], {1: cam}, 4, 6, threshold=0.5)
     assert out[1, 1] == 2 and out[1, 2] == 2 and out[2, 1] == 0 and out[0, 5] == 0
     assert int((out == 2).sum()) == 2
+    zero = {1: np.zeros((4, 6), np.float32)}  # a class whose CAM is 0 all over its box: background, or filled
+    assert (box_cam_label([Box(0, 0, 4, 4, 1)], zero, 4, 6, 0.5) == 0).all()
+    filled = box_cam_label([Box(0, 0, 4, 4, 1)], zero, 4, 6, 0.5, fill_empty=True)
+    assert (filled[:, :4] == 2).all() and (filled[:, 4:] == 0).all()
 
 
 def _two_object_image():
