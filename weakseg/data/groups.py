@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from weakseg.data.dataset import IGNORE, Record, SegDataset
+from weakseg.data.davis import list_sequences, open_sequence
 from weakseg.data.extra import item_seed
 from weakseg.data.images import display_path, load_mask
 from weakseg.data.pairs import class_index
@@ -322,16 +323,13 @@ def open_cosal_folder(root: str | Path) -> GroupedFrames:
 
 def davis_sequences(root: Path, split: str) -> tuple[str, ...]:
     """Sequences of a DAVIS split: a name of :data:`DAVIS_SPLITS`, ``all``, or a comma-separated list."""
-    frames = root / "JPEGImages" / "480p"
-    present = tuple(sorted(p.name for p in frames.iterdir() if p.is_dir())) if frames.is_dir() else ()
-    if not present:
-        raise DataError(f"{display_path(frames)} holds no sequence folders; is {display_path(root)} a DAVIS root?")
+    present = tuple(list_sequences(root))
     if split == "all":
         return present
     names = DAVIS_SPLITS.get(split) or tuple(s for s in split.split(",") if s)
     missing = [s for s in names if s not in present]
     if missing:
-        raise DataError(f"DAVIS sequences {missing} are not in {display_path(frames)}; present: {', '.join(present)}"
+        raise DataError(f"DAVIS sequences {missing} are not in {display_path(root)}; present: {', '.join(present)}"
                         f"; splits: all, {', '.join(DAVIS_SPLITS)} or a comma-separated list")  # fmt: skip
     return names
 
@@ -344,12 +342,12 @@ def open_davis_frames(root: str | Path, split: str = "all", by: str = "category"
     records, masks = [], []
     for seq in davis_sequences(root, split):
         group = DAVIS_CATEGORIES.get(seq, seq) if by == "category" else seq
-        for j, path in enumerate(list_images(root / "JPEGImages" / "480p" / seq)):
+        frames = open_sequence(root, seq)
+        for j, (path, gt) in enumerate(zip(frames.frames, frames.masks, strict=True)):
             if j % every:
                 continue
-            gt = root / "Annotations" / "480p" / seq / f"{path.stem}.png"
             records.append(Record(f"{seq}/{path.stem}", path, (0,), group=group, sequence=seq, frame=j))
-            masks.append(gt if gt.is_file() else None)
+            masks.append(gt)
     return GroupedFrames(root, split, records, masks)
 
 

@@ -40,6 +40,7 @@ from PIL import Image
 from scipy import ndimage
 
 from weakseg.data.dataset import IGNORE
+from weakseg.data.davis import list_sequences, open_sequence
 from weakseg.data.images import display_path, load_mask, load_rgb
 from weakseg.data.registry import open_dataset
 from weakseg.data.simulate import simulate_scribbles
@@ -175,8 +176,7 @@ def _folder(root: Path, split: str) -> list[SalientItem]:
 
 
 def _davis(root: Path, split: str, sequences: Sequence[str], frame_step: int) -> list[SalientItem]:
-    image_root, ann_root = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
-    available = sorted(p.name for p in image_root.iterdir() if p.is_dir())
+    available = list_sequences(root)
     chosen = list(sequences) or available
     unknown = [s for s in chosen if s not in available]
     if unknown:
@@ -185,14 +185,11 @@ def _davis(root: Path, split: str, sequences: Sequence[str], frame_step: int) ->
         raise unknown_name("DAVIS split", split, ("train", "val", "all"))
     items = []
     for seq in chosen:
-        frames = sorted((image_root / seq).glob("*.jpg"))
+        files = open_sequence(root, seq)
+        frames = list(zip(files.frames, files.masks, strict=True))
         half = len(frames) // 2
         picked = {"train": frames[:half], "val": frames[half:], "all": frames}[split][::frame_step]
-        for f in picked:
-            ann = ann_root / seq / f"{f.stem}.png"
-            if not ann.is_file():
-                raise DataError(f"DAVIS frame {display_path(f)} has no annotation {display_path(ann)}")
-            items.append(SalientItem(f"{seq}_{f.stem}", f, ann, None, seq, int(f.stem)))
+        items += [SalientItem(f"{seq}_{f.stem}", f, ann, None, seq, int(f.stem)) for f, ann in picked]
     return items
 
 
