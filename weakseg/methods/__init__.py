@@ -11,6 +11,10 @@
 - ``scwssod``, ``sod-pce``, ``sod-full``: scribble salient-object detection, SCWSSOD AAAI 2021, and its
   partial-BCE and fully supervised baselines (:mod:`weakseg.methods.scwssod`)
 - ``a2gnn``: A2GNN, box-supervised pseudo labels, TPAMI 2021 (:mod:`weakseg.methods.a2gnn`)
+- ``dfr``: DFR, scribble-supervised segmenter with a dynamic-feature regularized loss (:mod:`weakseg.methods.dfr`)
+- ``ftmu``: FTMU, box-initialised video object segmentation, CVPR 2020 (:mod:`weakseg.methods.ftmu`)
+
+Few-shot heads (prototype, SCL, PI-CLIP prior) are episodic, not stage plug-ins: :mod:`weakseg.methods.fewshot`.
 
 Adding a method: one module with a :class:`~weakseg.methods.base.Method` subclass decorated by
 :func:`~weakseg.methods.base.register_method`, imported below (see ``docs/extending.md``).
