@@ -325,6 +325,36 @@ def _scribble_seg(ctx: RunContext) -> Path:
     return train_scribble(cfg)
 
 
+def _cosal(ctx: RunContext) -> Path:
+    return train_cosal(ctx.config(ctx.opts.cosal, TrainCosalConfig, "cosal"))
+
+
+def _eval_cosal(ctx: RunContext) -> dict:
+    cfg = ctx.config(ctx.opts.eval_cosal, EvalCosalConfig, "eval/cosal", split="val", model_dir=ctx.out / "cosal")
+    result = eval_cosal(cfg)
+    ctx.summary["co-saliency"] = {"split": ctx.val_split, "groups": result["groups"], "images": result["images"],
+                                  **{k: result["metrics"][k] for k in ("smeasure", "max_fmeasure", "mae")}}  # fmt: skip
+    return result
+
+
+def _proposer(ctx: RunContext) -> Path:
+    return train_proposer(ctx.config(ctx.opts.proposer, TrainProposerConfig, "proposer"))
+
+
+def _agent(ctx: RunContext) -> Path:
+    return train_agent(ctx.config(ctx.opts.agent, TrainAgentConfig, "agent", proposer_dir=ctx.out / "proposer"))
+
+
+def _track(ctx: RunContext) -> dict:
+    """Every tracker mode on the DAVIS folder --data (or, without one, on synthetic videos in OUT/videos)."""
+    data = ctx.data if is_davis(ctx.data) else synthetic_davis(ctx.out / "videos", seed=ctx.seed)
+    cfg = ctx.config(ctx.opts.track, TrackConfig, "track", data=data, proposer_dir=ctx.out / "proposer",
+                     agent_dir=ctx.out / "agent")  # fmt: skip
+    result = track(cfg)
+    ctx.summary["video"] = {"sequences": result["sequences"], **result["modes"]}
+    return result
+
+
 # ---------------------------------------------------------------------------- the registry
 
 _EVAL_SEG = Stage("eval-seg", "eval/seg", _eval_seg, reads=("seg",), skippable=False)
@@ -373,104 +403,54 @@ TASKS: dict[str, Task] = {
         ),
         report=False,
     ),
+    "box": Task(
+        "box",
+        supervision="bounding boxes (dataset boxes, or simulated from masks)",
+        description="[CAM classifier on the boxes' classes -> CAMs ->] box pseudo labels (A2GNN) -> segmenter -> eval",
+        stages=(
+            Stage("cls", "cls", _box_cls, reads=("data",), when=_box_uses_cams),
+            Stage("cams", "cams", _cams, reads=("cls", "data"), when=_box_uses_cams),
+            Stage("box-pseudo", "pseudo", _box_pseudo, reads=("data", "cams")),
+            Stage("seg", "seg", _seg("pseudo"), reads=("pseudo", "data")),
+            _EVAL_SEG,
+        ),
+        report=False,
+    ),
+    "scribble": Task(
+        "scribble",
+        supervision="scribbles (or point clicks) on the training images",
+        description="partial labels (read, or simulated from masks with a seeded pixel budget) -> segmenter trained "
+        "with partial CE + a regularized loss (DFR) -> eval (--weak.kind points for clicks)",
+        stages=(
+            Stage("weak", "weak", _weak, reads=("data",)),
+            Stage("seg", "seg", _scribble_seg, reads=("weak", "data")),
+            _EVAL_SEG,
+        ),
+    ),
+    "co-saliency": Task(
+        "co-saliency",
+        supervision="co-saliency masks of training groups (images sharing an object); groups only at test time",
+        description="groups (images sharing a class, CoSOD folders, DAVIS frames) -> DCFM or the single-image "
+        "baseline -> saliency maps (PNG) + Sα / Fβ / Eξ / MAE",
+        stages=(
+            Stage("cosal", "cosal", _cosal, reads=("data",)),
+            Stage("eval-cosal", "eval/cosal", _eval_cosal, reads=("cosal", "data"), skippable=False),
+        ),
+        report=False,
+    ),
+    "video": Task(
+        "video",
+        supervision="the first frame's box of each object (box-initialised video object segmentation)",
+        description="box-mask proposer (coco128-seg instances + synthetic shapes) -> A2C template-update agent "
+        "(synthetic videos + DAVIS train sequences) -> tracking + J / F / J&F / fps per mode (FTMU)",
+        stages=(
+            Stage("proposer", "proposer", _proposer, reads=("data",)),
+            Stage("agent", "agent", _agent, reads=("proposer", "data")),
+            Stage("track", "track", _track, reads=("proposer", "agent", "data"), skippable=False),
+        ),
+        report=False,
+    ),
 }
-
-TASKS["box"] = Task(
-    "box",
-    supervision="bounding boxes (dataset boxes, or simulated from masks)",
-    description="[CAM classifier on the boxes' classes -> CAMs ->] box pseudo labels (A2GNN) -> segmenter -> eval",
-    stages=(
-        Stage("cls", "cls", _box_cls, reads=("data",), when=_box_uses_cams),
-        Stage("cams", "cams", _cams, reads=("cls", "data"), when=_box_uses_cams),
-        Stage("box-pseudo", "pseudo", _box_pseudo, reads=("data", "cams")),
-        Stage("seg", "seg", _seg("pseudo"), reads=("pseudo", "data")),
-        _EVAL_SEG,
-    ),
-    report=False,
-)
-
-
-def _cosal(ctx: RunContext) -> Path:
-    return train_cosal(ctx.config(ctx.opts.cosal, TrainCosalConfig, "cosal"))
-
-
-def _eval_cosal(ctx: RunContext) -> dict:
-    cfg = ctx.config(ctx.opts.eval_cosal, EvalCosalConfig, "eval/cosal", split="val", model_dir=ctx.out / "cosal")
-    result = eval_cosal(cfg)
-    ctx.summary["co-saliency"] = {"split": ctx.val_split, "groups": result["groups"], "images": result["images"],
-                                  **{k: result["metrics"][k] for k in ("smeasure", "max_fmeasure", "mae")}}  # fmt: skip
-    return result
-
-
-TASKS["co-saliency"] = Task(
-    "co-saliency",
-    supervision="co-saliency masks of training groups (images sharing an object); groups only at test time",
-    description="groups (images sharing a class, CoSOD folders, DAVIS frames) -> DCFM or the single-image "
-    "baseline -> saliency maps (PNG) + Sα / Fβ / Eξ / MAE",
-    stages=(
-        Stage("cosal", "cosal", _cosal, reads=("data",)),
-        Stage("eval-cosal", "eval/cosal", _eval_cosal, reads=("cosal", "data"), skippable=False),
-    ),
-    report=False,
-)
-
-
-def _proposer(ctx: RunContext) -> Path:
-    return train_proposer(ctx.config(ctx.opts.proposer, TrainProposerConfig, "proposer"))
-
-
-def _agent(ctx: RunContext) -> Path:
-    return train_agent(ctx.config(ctx.opts.agent, TrainAgentConfig, "agent", proposer_dir=ctx.out / "proposer"))
-
-
-def _track(ctx: RunContext) -> dict:
-    """Every tracker mode on the DAVIS folder --data (or, without one, on synthetic videos in OUT/videos)."""
-    data = ctx.data if is_davis(ctx.data) else synthetic_davis(ctx.out / "videos", seed=ctx.seed)
-    cfg = ctx.config(ctx.opts.track, TrackConfig, "track", data=data, proposer_dir=ctx.out / "proposer",
-                     agent_dir=ctx.out / "agent")  # fmt: skip
-    result = track(cfg)
-    ctx.summary["video"] = {"sequences": result["sequences"], **result["modes"]}
-    return result
-
-
-TASKS["video"] = Task(
-    "video",
-    supervision="the first frame's box of each object (box-initialised video object segmentation)",
-    description="box-mask proposer (coco128-seg instances + synthetic shapes) -> A2C template-update agent "
-    "(synthetic videos + DAVIS train sequences) -> tracking + J / F / J&F / fps per mode (FTMU)",
-    stages=(
-        Stage("proposer", "proposer", _proposer, reads=("data",)),
-        Stage("agent", "agent", _agent, reads=("proposer", "data")),
-        Stage("track", "track", _track, reads=("proposer", "agent", "data"), skippable=False),
-    ),
-    report=False,
-)
-
-TASKS["scribble"] = Task(
-    "scribble",
-    supervision="scribbles (or point clicks) on the training images",
-    description="partial labels (read, or simulated from masks with a seeded pixel budget) -> segmenter trained "
-    "with partial CE + a regularized loss (DFR) -> eval (--weak.kind points for clicks)",
-    stages=(
-        Stage("weak", "weak", _weak, reads=("data",)),
-        Stage("seg", "seg", _scribble_seg, reads=("weak", "data")),
-        _EVAL_SEG,
-    ),
-)
-
-TASKS["box"] = Task(
-    "box",
-    supervision="bounding boxes (dataset boxes, or simulated from masks)",
-    description="[CAM classifier on the boxes' classes -> CAMs ->] box pseudo labels (A2GNN) -> segmenter -> eval",
-    stages=(
-        Stage("cls", "cls", _box_cls, reads=("data",), when=_box_uses_cams),
-        Stage("cams", "cams", _cams, reads=("cls", "data"), when=_box_uses_cams),
-        Stage("box-pseudo", "pseudo", _box_pseudo, reads=("data", "cams")),
-        Stage("seg", "seg", _seg("pseudo"), reads=("pseudo", "data")),
-        _EVAL_SEG,
-    ),
-    report=False,
-)
 
 PLANNED: dict[str, str] = {
     "few-shot": "K annotated examples of a new class; not a `weakseg run` task yet: its methods (prototype, SCL, "
