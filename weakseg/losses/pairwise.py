@@ -25,7 +25,7 @@ four side outputs see σ_rgb = 0.1, 0.01, 0.001, 0.0001; here each call builds n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,21 @@ def neighbours(x: torch.Tensor, radius: int) -> torch.Tensor:
     b, c, h, w = x.shape
     k = 2 * radius + 1
     return F.unfold(x, k, padding=radius).view(b, c, k * k, h, w)
+
+
+def window_shifts(x: torch.Tensor, radius: int) -> Iterator[torch.Tensor]:
+    """``[B, C, H, W]`` → each window offset's shifted copy ``[B, C, H, W]`` (zero outside), raster order.
+
+    Offset ``d`` (0-based, ``D = (2r+1)²``) holds ``x[..., i + dy, j + dx]`` with ``dy, dx = divmod(d, 2r+1) - r``:
+    the order of :func:`neighbours`. The shifts are views of one padded tensor, so a loop over them needs memory
+    ``[B, C, H, W]`` per offset instead of :func:`neighbours`' ``[B, C, D, H, W]``.
+    """
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (radius, radius, radius, radius))
+    k = 2 * radius + 1
+    for d in range(k * k):
+        dy, dx = divmod(d, k)
+        yield xp[..., dy : dy + h, dx : dx + w]
 
 
 def _offsets(radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -77,7 +92,7 @@ def gaussian_kernel(
         if f.shape[0] != b or f.shape[-2:] != (h, w):
             raise ValueError(f"feature maps differ in shape: {tuple(f.shape)} vs batch {b} at {h}x{w}")
         g = (f.detach() if detach else f) / sigma  # a new tensor: the caller's features stay as they are
-        exponent = exponent + (neighbours(g, radius) - g[:, :, None]).pow(2).sum(1)
+        exponent = exponent + torch.stack([(sh - g).pow(2).sum(1) for sh in window_shifts(g, radius)], 1)
     if xy_sigma is not None:
         exponent = exponent + (_offsets(radius, device, dtype) / xy_sigma**2)[None, :, None, None]
     valid = neighbours(torch.ones(b, 1, h, w, device=device, dtype=dtype), radius)[:, 0]

@@ -25,31 +25,17 @@ pair loss) is our choice, documented in docs/methods/dfr.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from weakseg.data.dataset import IGNORE
-from weakseg.losses.pairwise import neighbours
+from weakseg.losses.pairwise import gaussian_kernel, neighbours, window_shifts
 
 KERNEL_MODES = ("shallow", "deep", "both")
 """which features the kernel reads: image colour + position, deep features + position, or all of them"""
 COMBINES = ("product", "sum")
-
-
-def window_shifts(x: torch.Tensor, radius: int) -> Iterator[torch.Tensor]:
-    """``[B, C, H, W]`` → each window offset's shifted copy ``[B, C, H, W]`` (zero outside), raster order.
-
-    Offset ``d`` (0-based, ``D = (2r+1)²``) holds ``x[..., i + dy, j + dx]`` with ``dy, dx = divmod(d, 2r+1) - r``:
-    the order of :func:`weakseg.losses.pairwise.neighbours`. The shifts are views of one padded tensor.
-    """
-    h, w = x.shape[-2:]
-    xp = F.pad(x, (radius, radius, radius, radius))
-    k = 2 * radius + 1
-    for d in range(k * k):
-        dy, dx = divmod(d, k)
-        yield xp[..., dy : dy + h, dx : dx + w]
 
 
 def window_kernel(
@@ -61,30 +47,8 @@ def window_kernel(
 ) -> torch.Tensor:
     """:func:`weakseg.losses.pairwise.gaussian_kernel` (same arguments and values, features always detached),
     one offset at a time: memory ``[B, D, H, W]`` instead of ``[B, C, D, H, W]``. Returns ``K [B, D, H, W]``."""
-    if not features and size is None:
-        raise ValueError("give features or size=(B, H, W)")
-    if features:
-        b, _, h, w = features[0][0].shape
-        device, dtype = features[0][0].device, features[0][0].dtype
-    else:
-        b, h, w = size  # type: ignore[misc]
-        device, dtype = torch.device("cpu"), torch.float32
-    k = 2 * radius + 1
-    exponent = torch.zeros(b, k * k, h, w, device=device, dtype=dtype)
     with torch.no_grad():
-        for f, sigma in features:
-            if f.shape[0] != b or f.shape[-2:] != (h, w):
-                raise ValueError(f"feature maps differ in shape: {tuple(f.shape)} vs batch {b} at {h}x{w}")
-            g = f.detach() / sigma
-            exponent += torch.stack([(sh - g).pow(2).sum(1) for sh in window_shifts(g, radius)], 1)
-        if xy_sigma is not None:
-            r = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-            exponent += ((r[:, None] ** 2 + r[None, :] ** 2).reshape(-1) / xy_sigma**2)[None, :, None, None]
-        valid = neighbours(torch.ones(b, 1, h, w, device=device, dtype=dtype), radius)[:, 0]
-        kernel = torch.exp(-0.5 * exponent) * valid
-        if zero_centre:
-            kernel[:, (k * k) // 2] = 0
-    return kernel
+        return gaussian_kernel(features, radius, xy_sigma, zero_centre=zero_centre, size=size, detach=True)
 
 
 def window_potts_loss(probs: torch.Tensor, kernel: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
