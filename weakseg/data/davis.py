@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from weakseg.data.dataset import IGNORE, Box, Record, SegDataset
-from weakseg.data.images import display_path, load_mask, load_rgb
+from weakseg.data.images import IMAGE_EXTENSIONS, display_path, load_mask, load_rgb
 from weakseg.errors import DataError, unknown_name
 
 RESOLUTION = "480p"
@@ -95,7 +95,7 @@ def open_sequence(root: str | Path, name: str, resolution: str = RESOLUTION) -> 
     img_dir, ann_dir = root / "JPEGImages" / resolution / name, root / "Annotations" / resolution / name
     if not img_dir.is_dir():
         raise unknown_name("DAVIS sequence", name, list_sequences(root, "all", resolution))
-    frames = tuple(sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
+    frames = tuple(sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
     if not frames:
         raise DataError(f"{display_path(img_dir)} holds no frames (.jpg/.png); add them or remove the folder")
     masks = tuple(ann_dir / f"{f.stem}.png" for f in frames)

@@ -41,14 +41,13 @@ from scipy import ndimage
 
 from weakseg.data.dataset import IGNORE
 from weakseg.data.davis import list_sequences, open_sequence
-from weakseg.data.images import display_path, load_mask, load_rgb
+from weakseg.data.images import IMAGE_EXTENSIONS, display_path, load_mask, load_rgb
 from weakseg.data.registry import open_dataset
 from weakseg.data.simulate import simulate_scribbles
 from weakseg.data.weak_labels import decode_scribbles
 from weakseg.errors import ConfigError, DataError, unknown_name
 
 SALIENCY_FORMATS = ("auto", "folder", "davis", "voc")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def detect_saliency_format(root: Path) -> str:
 
 def _folder(root: Path, split: str) -> list[SalientItem]:
     image_dir = root / "images"
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
     if split == "all":
         names = sorted(images)
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from weakseg.data.images import load_rgb
+from weakseg.data.images import IMAGE_EXTENSIONS, load_rgb
 from weakseg.data.palette import overlay, save_mask_png
 from weakseg.engine.artifacts import save_png
 from weakseg.engine.device import resolve_device
@@ -24,8 +24,6 @@ from weakseg.seg.predict import predict_masks
 from weakseg.stages.progress import progress
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()))
         elif p.is_file():
             files.append(p)
         else:
